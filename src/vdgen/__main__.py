@@ -1,0 +1,3 @@
+from vdgen.cli import main
+
+main()
