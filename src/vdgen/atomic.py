@@ -40,6 +40,10 @@ def atomic_path(path: Path, suffix: str | None = None) -> Iterator[Path]:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:

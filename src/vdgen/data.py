@@ -1,0 +1,124 @@
+"""Training data: built-in Moving MNIST, plus batches for joint image-video training.
+
+Every sample is a pure function of (seed, split, index), so a training run that resumes at step
+s sees exactly the batches an uninterrupted run would, with no data-loader state to save.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import torch
+
+from vdgen.errors import ConfigError
+
+CANVAS = 64
+DIGIT = 28
+
+
+@lru_cache(maxsize=2)
+def mnist_digits(split: str = "train") -> np.ndarray:
+    """MNIST digits as uint8 [N, 28, 28]: 'train' is the shipped t10k set, 'val' the 5k CSV digits."""
+    folder = resources.files("vdgen") / "data"
+    if split == "train":
+        raw = gzip.decompress((folder / "t10k-images-idx3-ubyte.gz").read_bytes())
+        magic, count, rows, cols = struct.unpack(">IIII", raw[:16])
+        assert magic == 2051 and rows == cols == DIGIT, "corrupt shipped MNIST file"
+        return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows, cols)
+    if split == "val":
+        text = gzip.decompress((folder / "mnist_5k.csv.gz").read_bytes()).decode("ascii")
+        rows = [line for line in text.splitlines() if line and line[0].isdigit()]
+        table = np.array([[int(v) for v in line.split(",")] for line in rows], dtype=np.int64)
+        return table[:, : DIGIT * DIGIT].reshape(-1, DIGIT, DIGIT).clip(0, 255).astype(np.uint8)
+    raise ConfigError(f"unknown MNIST split {split!r} (train or val)")
+
+
+def _trajectory(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """Integer top-left corners [F, 2] of a digit bouncing inside the canvas (reflecting borders)."""
+    limit = CANVAS - DIGIT
+    pos = rng.uniform(0, limit, size=2)
+    angle = rng.uniform(0, 2 * np.pi)
+    speed = rng.uniform(2.0, 5.0)
+    vel = speed * np.array([np.sin(angle), np.cos(angle)])
+    out = np.empty((frames, 2), dtype=np.int64)
+    for f in range(frames):
+        out[f] = np.round(pos).astype(np.int64)
+        pos = pos + vel
+        for axis in range(2):
+            if pos[axis] < 0:
+                pos[axis], vel[axis] = -pos[axis], -vel[axis]
+            elif pos[axis] > limit:
+                pos[axis], vel[axis] = 2 * limit - pos[axis], -vel[axis]
+    return out
+
+
+def moving_mnist_clip(digits: np.ndarray, rng: np.random.Generator, frames: int, num_digits: int = 2) -> np.ndarray:
+    """One Moving MNIST clip, uint8 [F, 64, 64]: digits bouncing on black, combined by pixel-wise max."""
+    canvas = np.zeros((frames, CANVAS, CANVAS), dtype=np.uint8)
+    for _ in range(num_digits):
+        digit = digits[rng.integers(len(digits))]
+        for f, (y, x) in enumerate(_trajectory(rng, frames)):
+            window = canvas[f, y : y + DIGIT, x : x + DIGIT]
+            np.maximum(window, digit, out=window)
+    return canvas
+
+
+def area_downsample(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Area (box) downsampling of uint8 [..., H, W] by an integer factor, rounded to uint8."""
+    *lead, h, w = frames.shape
+    blocks = frames.reshape(*lead, h // factor, factor, w // factor, factor).astype(np.float32)
+    return np.round(blocks.mean(axis=(-1, -3))).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class MovingMNIST:
+    """The standard Moving MNIST protocol, generated on the fly and deterministic per (seed, index)."""
+
+    frames: int = 16
+    size: int = 32  # 64 (native) or 32 (area-downsampled)
+    split: str = "train"
+    seed: int = 0
+    num_digits: int = 2
+
+    def __post_init__(self) -> None:
+        if self.size not in (32, 64):
+            raise ConfigError("moving-mnist frames are 64x64, or 32x32 area-downsampled")
+
+    channels = 1
+
+    def clip(self, index: int) -> np.ndarray:
+        """Clip `index` as uint8 [F, size, size]."""
+        rng = np.random.default_rng([self.seed, 0 if self.split == "train" else 1, index])
+        clip = moving_mnist_clip(mnist_digits(self.split), rng, self.frames, self.num_digits)
+        return clip if self.size == CANVAS else area_downsample(clip, CANVAS // self.size)
+
+    def video(self, index: int) -> torch.Tensor:
+        """Clip `index` as float [1, F, H, W] in [-1, 1]."""
+        return torch.from_numpy(self.clip(index)).float().div(127.5).sub(1.0)[None]
+
+
+def make_batch(
+    dataset: MovingMNIST, indices: list[int], image_frames: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch [B, C, F + K, H, W] and its image mask [B, F + K] (True on the K appended images).
+
+    Joint image-video training (VDM section 3): each video gets K independent frames taken from
+    other clips of the same dataset, chosen deterministically from the video's own index.
+    """
+    videos = torch.stack([dataset.video(i) for i in indices])
+    if image_frames == 0:
+        return videos, None
+    images = []
+    for i in indices:
+        rng = np.random.default_rng([dataset.seed, 2, i])
+        picks = [(int(rng.integers(2**62)), int(rng.integers(dataset.frames))) for _ in range(image_frames)]
+        images.append(torch.stack([dataset.video(j)[:, f] for j, f in picks], dim=1))
+    batch = torch.cat([videos, torch.stack(images)], dim=2)
+    mask = torch.zeros(batch.shape[0], batch.shape[2], dtype=torch.bool)
+    mask[:, dataset.frames :] = True
+    return batch, mask

@@ -1,0 +1,91 @@
+"""Unconditional sampling from a network: seeds in, uint8 frames out (the library behind `vdgen generate`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from vdgen.config import DiffusionConfig, ModelConfig
+from vdgen.diffusion import Denoiser
+from vdgen.errors import ConfigError
+from vdgen.sampling import SAMPLERS, sample
+
+DEFAULT_SAMPLER = "ancestral"
+DEFAULT_STEPS = 256
+SAMPLE_BATCH = 8
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[B, C, F, H, W] in [-1, 1] -> uint8 [B, F, H, W, C]."""
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def autocast_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for 'bf16'; nothing for 'fp32'."""
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class PrecisionDenoiser:
+    """A denoiser run under autocast whose x_hat comes back in float32."""
+
+    def __init__(self, denoiser: Callable, precision: str, device: torch.device | str) -> None:
+        self.denoiser, self.precision, self.device = denoiser, precision, device
+
+    def __call__(self, z_t: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.precision, self.device):
+            return self.denoiser(z_t, logsnr).float()
+
+
+def sample_videos(
+    net: nn.Module,
+    model_config: ModelConfig,
+    diffusion_config: DiffusionConfig,
+    seeds: Sequence[int],
+    *,
+    steps: int = DEFAULT_STEPS,
+    sampler: str = DEFAULT_SAMPLER,
+    frames: int | None = None,
+    device: str | torch.device = "cpu",
+    clip: bool = True,
+    precision: str = "fp32",
+    batch_size: int = SAMPLE_BATCH,
+    callback: Callable[[int, int], None] | None = None,
+    sampler_opts: dict | None = None,
+) -> np.ndarray:
+    """One video per seed as uint8 [N, F, H, W, C]; sample i depends only on seeds[i]."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    frames = frames or model_config.frames
+    if not 1 <= frames <= model_config.max_relative_position + 1:
+        raise ConfigError(f"--frames must be in [1, {model_config.max_relative_position + 1}] for this model")
+    was_training = net.training
+    net.eval()
+    denoiser = PrecisionDenoiser(Denoiser(net, diffusion_config), precision, device)
+    shape_one = (model_config.channels, frames, model_config.height, model_config.width)
+    out = []
+    total = len(seeds) * steps
+    done = 0
+    try:
+        for start in range(0, len(seeds), batch_size):
+            chunk = list(seeds[start : start + batch_size])
+
+            def progress(step: int, n: int, _offset: int = done) -> None:
+                if callback:
+                    callback(_offset + step * len(chunk), total)
+
+            x = sample(
+                sampler, denoiser, (len(chunk), *shape_one), steps, chunk,
+                clip=clip, callback=progress, device=device, **(sampler_opts or {}),
+            )
+            out.append(to_uint8(x))
+            done += steps * len(chunk)
+    finally:
+        net.train(was_training)
+    return np.concatenate(out)
