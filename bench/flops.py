@@ -1,0 +1,171 @@
+"""Shared helpers of the benchmarks: FLOP counting by layer type, timing, the matmul peak, the header.
+
+FLOPs are counted at the ATen level with a dispatch mode, so one counter serves vdgen and the
+reference package alike: convolutions (`aten.convolution`, transposed ones included), linear layers
+(`mm` / `addmm`, which is what `nn.Linear` lowers to) and attention matmuls (`bmm` / `baddbmm`, the
+einsums of a hand-written attention, and the fused `scaled_dot_product_attention` kernels, counted
+as their two matmuls QK^T and PV). A multiply-add is 2 FLOPs. Normalisations, activations and
+softmax are left out: they are memory-bound and a small share of the work.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+
+def _conv_flops(args: tuple, out: torch.Tensor) -> int:
+    x, weight = args[0], args[1]
+    transposed = bool(args[6]) if len(args) > 6 else False
+    kernel = math.prod(weight.shape[2:])
+    if transposed:
+        # Weight [in, out/groups, k...]: each input element scatters into out/groups * k outputs.
+        return 2 * x.numel() * weight.shape[1] * kernel
+    # Weight [out, in/groups, k...]: each output element gathers in/groups * k inputs.
+    return 2 * out.numel() * weight.shape[1] * kernel
+
+
+def _mm_flops(a: torch.Tensor, b: torch.Tensor) -> int:
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+
+
+def _bmm_flops(a: torch.Tensor, b: torch.Tensor) -> int:
+    return 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+
+
+def _sdpa_flops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
+    # QK^T: [.., L, d] x [.., d, S]; PV: [.., L, S] x [.., S, dv].
+    batch = math.prod(q.shape[:-2])
+    length, dim = q.shape[-2], q.shape[-1]
+    keys, dim_v = k.shape[-2], v.shape[-1]
+    return 2 * batch * length * keys * (dim + dim_v)
+
+
+_SDPA_OPS = {
+    name
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_attention_math",
+        "_scaled_dot_product_fused_attention_overrideable",
+    )
+    if hasattr(aten, name)
+}
+
+
+class FlopCounter(TorchDispatchMode):
+    """Counts forward FLOPs by layer type ('conv', 'linear', 'attention') of everything run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops: dict[str, int] = defaultdict(int)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        packet = func.overloadpacket
+        if packet is aten.convolution:
+            self.flops["conv"] += _conv_flops(args, out)
+        elif packet is aten.mm:
+            self.flops["linear"] += _mm_flops(args[0], args[1])
+        elif packet is aten.addmm:
+            self.flops["linear"] += _mm_flops(args[1], args[2])
+        elif packet is aten.bmm:
+            self.flops["attention"] += _bmm_flops(args[0], args[1])
+        elif packet is aten.baddbmm:
+            self.flops["attention"] += _bmm_flops(args[1], args[2])
+        elif packet.__name__ in _SDPA_OPS:
+            self.flops["attention"] += _sdpa_flops(args[0], args[1], args[2])
+        return out
+
+    @property
+    def total(self) -> int:
+        return sum(self.flops.values())
+
+
+def count_flops(fn: Callable[[], object]) -> dict[str, int]:
+    """FLOPs of one call of `fn` by layer type, plus 'total'."""
+    with torch.no_grad(), FlopCounter() as counter:
+        fn()
+    return {**{k: counter.flops.get(k, 0) for k in ("conv", "linear", "attention")}, "total": counter.total}
+
+
+def format_breakdown(flops: dict[str, int]) -> str:
+    total = max(flops["total"], 1)
+    parts = [f"{k} {flops[k] / 1e9:.2f} ({100 * flops[k] / total:.0f}%)" for k in ("conv", "linear", "attention")]
+    return f"{flops['total'] / 1e9:.2f} GFLOP = " + " + ".join(parts)
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1, budget_s: float | None = None) -> float:
+    """Median wall time of `fn` over `repeats` warm runs (fewer if `budget_s` runs out; at least one)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(size: int = 2048, tries: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-`tries` GFLOP/s of one [size x size] @ [size x size] matmul: the practical peak."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    out = torch.empty(size, size, dtype=dtype)
+    torch.mm(a, b, out=out)
+    best = math.inf
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def cpu_model() -> str:
+    """The processor's model name as lscpu gives it (falls back to /proc/cpuinfo, then platform)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+        for line in text.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def set_threads(threads: int) -> int:
+    """Use `threads` intra-op threads (0: keep torch's default); returns the count in effect."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def print_header(title: str) -> None:
+    """The line every benchmark starts with: what, on which CPU, torch version, threads."""
+    from vdgen.precision import cpu_has_amx
+
+    amx = "AMX" if cpu_has_amx() else "no AMX"
+    print(f"# {title}")
+    print(f"# CPU: {cpu_model()} ({amx}) | torch {torch.__version__} | threads {torch.get_num_threads()}")

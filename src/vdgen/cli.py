@@ -1,0 +1,616 @@
+"""The `vdgen` command line: thin Typer commands over the library (the only module importing typer/rich).
+
+Every user mistake is a `VdgenError`, printed as one line on stderr with exit code 1; Ctrl-C exits
+with 130 and leaves no partial output; `--debug` (or VDGEN_DEBUG=1) shows full tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+import vdgen
+from vdgen.errors import ConfigError, VdgenError
+
+app = typer.Typer(
+    name="vdgen",
+    help="Video Diffusion Models (Ho et al. 2022): generate, extend and interpolate short videos.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DEFAULT_CHECKPOINT_NAME = "vdgen-mmnist32.safetensors"
+VIDEO_SUFFIXES = {".mp4", ".gif"}
+
+
+class Sampler(str, Enum):
+    ancestral = "ancestral"
+    pc = "pc"
+    ddim = "ddim"
+    dpmpp = "dpm++"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    auto = "auto"
+
+
+class Method(str, Enum):
+    guidance = "guidance"
+    replacement = "replacement"
+
+
+class Resize(str, Enum):
+    crop = "crop"
+    pad = "pad"
+    stretch = "stretch"
+
+
+_state = {"debug": False}
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def weights_dir() -> Path:
+    """The folder holding shipped weights: $VDGEN_WEIGHTS, else the repository's `weights/`."""
+    override = os.environ.get("VDGEN_WEIGHTS")
+    if override:
+        return Path(override)
+    return Path(vdgen.__file__).resolve().parents[2] / "weights"
+
+
+def default_checkpoint() -> Path:
+    path = weights_dir() / DEFAULT_CHECKPOINT_NAME
+    if not path.exists():
+        raise VdgenError(
+            f"no default checkpoint at {path}; pass one with --checkpoint/-c "
+            "(train one with `vdgen train`, or set VDGEN_WEIGHTS to the folder holding it)"
+        )
+    return path
+
+
+def pick_device(device: Device) -> str:
+    import torch
+
+    if device is Device.auto:
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise VdgenError("--device cuda: no CUDA device is available")
+    if device is Device.mps and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise VdgenError("--device mps: no MPS device is available")
+    return device.value
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    if threads < 0:
+        raise ConfigError("--threads must be >= 0 (0: all cores)")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load_checkpoint(checkpoint: Optional[Path], device: str):
+    from vdgen.checkpoint import load_model
+
+    return load_model(checkpoint or default_checkpoint(), device)
+
+
+def output_paths(output: Path, count: int) -> list[Path]:
+    """`-n 4 -o out.mp4` -> out-0.mp4 ... out-3.mp4; a folder output -> folder-0/ ..."""
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_name(output.name + ".json")
+
+
+def preview_path(output: Path) -> Path:
+    return output.with_name((output.stem if output.suffix else output.name) + ".png")
+
+
+def check_outputs(paths: list[Path], overwrite: bool, preview: bool) -> None:
+    """Refuse existing outputs (without --overwrite) and unusable folders before any work is done."""
+    from vdgen.atomic import check_writable
+
+    for path in paths:
+        if path.suffix and path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ConfigError(f"{path}: unsupported output type {path.suffix!r} (use .mp4, .gif, or a folder for PNG frames)")
+        check_writable(path, overwrite)
+        check_writable(sidecar_path(path), overwrite)
+        if preview:
+            check_writable(preview_path(path), overwrite)
+
+
+def write_result(path: Path, frames, fps: float, settings: dict[str, Any], preview: bool) -> None:
+    """Write the video, its sidecar JSON and optionally a PNG contact sheet, each atomically."""
+    from vdgen.atomic import write_text_atomic
+    from vdgen.video import contact_sheet, write_png, write_video
+
+    write_video(path, frames, fps)
+    write_text_atomic(sidecar_path(path), json.dumps(settings, indent=2) + "\n")
+    if preview:
+        write_png(preview_path(path), contact_sheet(frames))
+
+
+def check_fps(fps: Optional[float]) -> None:
+    if fps is not None and not (0 < fps <= 1000):
+        raise ConfigError(f"--fps must be in (0, 1000], got {fps}")
+
+
+def make_progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal and os.environ.get("VDGEN_PROGRESS") != "1",
+    )
+
+
+def resolve_seed(seed: Optional[int]) -> int:
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if not 0 <= seed < 2**63:
+        raise ConfigError("--seed must be in [0, 2^63)")
+    return seed
+
+
+def resolve_precision(precision: Precision, device: str) -> str:
+    from vdgen.precision import resolve_precision as resolve
+
+    return resolve(precision.value, device)
+
+
+# ---------------------------------------------------------------- options shared by several commands
+
+CheckpointOpt = Annotated[
+    Optional[Path], typer.Option("--checkpoint", "-c", help="Model checkpoint (.safetensors). Default: the shipped one in weights/.")
+]
+StepsOpt = Annotated[int, typer.Option("--steps", min=1, max=100_000, help="Sampling steps (NFE per sample; pc uses about twice as many).")]
+SamplerOpt = Annotated[Sampler, typer.Option("--sampler", help="ancestral (the paper's), pc (ancestral + Langevin corrector), ddim, dpm++.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (random when absent; always printed and recorded).")]
+FpsOpt = Annotated[Optional[float], typer.Option("--fps", help="Frame rate of the output.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+PrecisionOpt = Annotated[
+    Precision, typer.Option("--precision", help="fp32, bf16, or auto (bf16 only where it measures faster, e.g. CPUs with AMX).")
+]
+ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads (0: all cores).")]
+PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write a PNG contact sheet next to each output.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+NoClipOpt = Annotated[bool, typer.Option("--no-clip", help="Do not clip x_hat to [-1, 1] while sampling.")]
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also VDGEN_DEBUG=1).")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug or _state["debug"]
+    if version:
+        typer.echo(f"vdgen {vdgen.__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+# ---------------------------------------------------------------- generate
+
+
+@app.command()
+def generate(
+    output: Annotated[Path, typer.Option("--output", "-o", help="out.mp4, out.gif, or a folder for PNG frames.")] = Path("out.mp4"),
+    checkpoint: CheckpointOpt = None,
+    steps: StepsOpt = 256,
+    sampler: SamplerOpt = Sampler.ancestral,
+    num: Annotated[int, typer.Option("--num", "-n", min=1, max=10_000, help="Number of videos (seeds seed, seed+1, ...).")] = 1,
+    seed: SeedOpt = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Frames per video (default: the model's).")] = None,
+    fps: FpsOpt = 8.0,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    threads: ThreadsOpt = 0,
+    preview: PreviewOpt = False,
+    overwrite: OverwriteOpt = False,
+    no_clip: NoClipOpt = False,
+) -> None:
+    """Sample videos from a checkpoint (unconditional) and write them as MP4, GIF or PNG frames."""
+    from vdgen.generate import sample_videos
+
+    check_fps(fps)
+    set_threads(threads)
+    seed = resolve_seed(seed)
+    paths = output_paths(output, num)
+    check_outputs(paths, overwrite, preview)
+    dev = pick_device(device)
+    loaded = load_checkpoint(checkpoint, dev)
+    n_frames = frames or loaded.model_config.frames
+    prec = resolve_precision(precision, dev)
+    err.print(f"seed {seed} | {loaded.path} | {sampler.value} {steps} steps | {dev} {prec}")
+    seeds = [seed + i for i in range(num)]
+    started = time.monotonic()
+    with make_progress() as progress:
+        task = progress.add_task("sampling", total=num * steps)
+        videos = sample_videos(
+            loaded.net, loaded.model_config, loaded.diffusion_config, seeds, steps=steps, sampler=sampler.value,
+            frames=n_frames, device=dev, clip=not no_clip, precision=prec,
+            callback=lambda done, total: progress.update(task, completed=done),
+        )
+    elapsed = time.monotonic() - started
+    for path, video, s in zip(paths, videos, seeds):
+        settings = {
+            "command": "generate", "vdgen_version": vdgen.__version__, "checkpoint": str(loaded.path),
+            "checkpoint_provenance": loaded.provenance, "seed": s, "steps": steps, "sampler": sampler.value,
+            "frames": n_frames, "fps": fps, "clip_x_hat": not no_clip, "device": dev, "precision": prec,
+            "seconds_for_batch": round(elapsed, 2),
+        }
+        write_result(path, video, fps, settings, preview)
+        err.print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- extend / interpolate
+
+
+def _read_clip(clip: Path, loaded, resize: Resize, max_pixels: int, max_frames: int):
+    """Read a clip and map it to the model: luma/RGB conversion (said once), resize; -> ([C,F,H,W], fps)."""
+    from vdgen.frames import fit_frames, to_luma, to_model, to_rgb
+    from vdgen.video import read_video
+
+    if max_frames < 1 or max_pixels < 1:
+        raise ConfigError("--max-frames and --max-pixels must be at least 1")
+    frames, fps = read_video(clip, max_frames=max_frames, max_pixels=max_pixels)
+    cfg = loaded.model_config
+    if cfg.channels == 1 and frames.shape[-1] == 3:
+        if not _is_gray(frames):
+            err.print(f"note: {clip.name} is in colour; the model is 1-channel, so it is converted to luma")
+        frames = to_luma(frames)
+    elif cfg.channels == 3 and frames.shape[-1] == 1:
+        err.print(f"note: {clip.name} is grayscale; replicated to RGB for the 3-channel model")
+        frames = to_rgb(frames)
+    if frames.shape[1:3] != (cfg.height, cfg.width):
+        frames = fit_frames(frames, (cfg.height, cfg.width), resize.value)
+    return to_model(frames), fps
+
+
+def _is_gray(frames) -> bool:
+    sample = frames[:: max(1, len(frames) // 8)].astype("int16")
+    return bool(abs(sample[..., 0] - sample[..., 1]).max() <= 2 and abs(sample[..., 1] - sample[..., 2]).max() <= 2)
+
+
+def _conditional(
+    task: str,
+    clip: Path,
+    output: Path,
+    checkpoint: Optional[Path],
+    extra: dict[str, Any],
+    *,
+    method: Method,
+    guidance_weight: float,
+    sampler: Sampler,
+    steps: int,
+    seed: Optional[int],
+    fps: Optional[float],
+    device: Device,
+    precision: Precision,
+    threads: int,
+    resize: Resize,
+    preview: bool,
+    overwrite: bool,
+    no_clip: bool,
+    max_pixels: int,
+    max_frames: int,
+) -> None:
+    """Shared body of extend and interpolate."""
+    from vdgen.frames import from_model
+    from vdgen.generate import PrecisionDenoiser
+    from vdgen.guidance import extend as extend_frames
+    from vdgen.guidance import interpolate as interpolate_frames
+
+    check_fps(fps)
+    if guidance_weight < 0:
+        raise ConfigError("--guidance-weight must be >= 0")
+    set_threads(threads)
+    seed = resolve_seed(seed)
+    check_outputs([output], overwrite, preview)
+    dev = pick_device(device)
+    loaded = load_checkpoint(checkpoint, dev)
+    x, clip_fps = _read_clip(clip, loaded, resize, max_pixels, max_frames)
+    prec = resolve_precision(precision, dev)
+    denoiser = PrecisionDenoiser(loaded.denoiser(), prec, dev)
+    window = loaded.model_config.frames
+    common = dict(
+        window=window, method=method.value, w_r=guidance_weight, sampler=sampler.value, steps=steps, seed=seed,
+        sampler_opts={"clip": not no_clip},
+    )
+    err.print(f"seed {seed} | {loaded.path} | {clip.name}: {x.shape[1]} frames at {clip_fps:g} fps | {method.value} w_r={guidance_weight:g}")
+    started = time.monotonic()
+    with make_progress() as progress:
+        bar = progress.add_task("windows", total=None)
+
+        def report(window_index: int, n_windows: int, step: int, n_steps: int) -> None:
+            progress.update(bar, total=n_windows * n_steps, completed=window_index * n_steps + step,
+                            description=f"window {window_index + 1}/{n_windows}")
+
+        if task == "extend":
+            extra["context"] = extra["context"] or window // 2
+            y = extend_frames(denoiser, x.to(dev), extra["frames"], context=extra["context"], callback=report, **common)
+            out_fps = fps or clip_fps
+        else:
+            y = interpolate_frames(denoiser, x.to(dev), extra["factor"], callback=report, **common)
+            out_fps = fps or clip_fps * extra["factor"]
+    video = from_model(y.cpu())
+    settings = {
+        "command": task, "vdgen_version": vdgen.__version__, "input": str(clip), "input_frames": int(x.shape[1]),
+        "input_fps": clip_fps, "checkpoint": str(loaded.path), "checkpoint_provenance": loaded.provenance,
+        "seed": seed, "steps": steps, "sampler": sampler.value, "method": method.value, "guidance_weight": guidance_weight,
+        "window": window, "resize": resize.value, "fps": out_fps, "clip_x_hat": not no_clip, "device": dev,
+        "precision": prec, "output_frames": int(video.shape[0]), "seconds": round(time.monotonic() - started, 2), **extra,
+    }
+    write_result(output, video, out_fps, settings, preview)
+    err.print(f"wrote {output} ({video.shape[0]} frames)")
+
+
+ClipArg = Annotated[Path, typer.Argument(help="Input clip (MP4, MKV, GIF, MPEG, WebM, ... or a folder of PNG frames).")]
+MethodOpt = Annotated[Method, typer.Option("--method", help="guidance (reconstruction guidance, VDM eq. 7) or replacement (baseline).")]
+WeightOpt = Annotated[float, typer.Option("--guidance-weight", help="Reconstruction-guidance weight w_r.")]
+ResizeOpt = Annotated[Resize, typer.Option("--resize", help="Map the clip to the model's size: crop (to aspect, then area-resize), pad or stretch.")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="Refuse clips whose frames have more pixels than this.")]
+MaxFramesOpt = Annotated[int, typer.Option("--max-frames", help="Read at most this many frames of the clip.")]
+
+
+@app.command()
+def extend(
+    clip: ClipArg,
+    frames: Annotated[int, typer.Option("--frames", help="Total frames in the output, the clip's own frames included.")] = 64,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif or folder.")] = Path("extended.mp4"),
+    context: Annotated[Optional[int], typer.Option("--context", help="Frames of each window kept as known context x^a (default: half the model's window).")] = None,
+    checkpoint: CheckpointOpt = None,
+    method: MethodOpt = Method.guidance,
+    guidance_weight: WeightOpt = 5.0,
+    sampler: SamplerOpt = Sampler.ancestral,
+    steps: StepsOpt = 64,
+    seed: SeedOpt = None,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="Output frame rate (default: the clip's).")] = None,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    threads: ThreadsOpt = 0,
+    resize: ResizeOpt = Resize.crop,
+    preview: PreviewOpt = False,
+    overwrite: OverwriteOpt = False,
+    no_clip: NoClipOpt = False,
+    max_pixels: MaxPixelsOpt = 4096 * 4096,
+    max_frames: MaxFramesOpt = 4096,
+) -> None:
+    """Continue a clip autoregressively to --frames frames in total, with reconstruction guidance."""
+    _conditional(
+        "extend", clip, output, checkpoint, {"frames": frames, "context": context}, method=method,
+        guidance_weight=guidance_weight, sampler=sampler, steps=steps, seed=seed, fps=fps, device=device,
+        precision=precision, threads=threads, resize=resize, preview=preview, overwrite=overwrite, no_clip=no_clip,
+        max_pixels=max_pixels, max_frames=max_frames,
+    )
+
+
+@app.command()
+def interpolate(
+    clip: ClipArg,
+    factor: Annotated[int, typer.Option("--factor", min=2, max=64, help="Temporal upsampling factor k: k-1 new frames between each pair.")] = 2,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif or folder.")] = Path("interpolated.mp4"),
+    checkpoint: CheckpointOpt = None,
+    method: MethodOpt = Method.guidance,
+    guidance_weight: WeightOpt = 5.0,
+    sampler: SamplerOpt = Sampler.ancestral,
+    steps: StepsOpt = 64,
+    seed: SeedOpt = None,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="Output frame rate (default: the clip's times --factor).")] = None,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    threads: ThreadsOpt = 0,
+    resize: ResizeOpt = Resize.crop,
+    preview: PreviewOpt = False,
+    overwrite: OverwriteOpt = False,
+    no_clip: NoClipOpt = False,
+    max_pixels: MaxPixelsOpt = 4096 * 4096,
+    max_frames: MaxFramesOpt = 4096,
+) -> None:
+    """Temporal upsampling: fill in frames between the clip's frames, with reconstruction guidance."""
+    _conditional(
+        "interpolate", clip, output, checkpoint, {"factor": factor}, method=method, guidance_weight=guidance_weight,
+        sampler=sampler, steps=steps, seed=seed, fps=fps, device=device, precision=precision, threads=threads,
+        resize=resize, preview=preview, overwrite=overwrite, no_clip=no_clip, max_pixels=max_pixels,
+        max_frames=max_frames,
+    )
+
+
+# ---------------------------------------------------------------- info / train
+
+
+@app.command()
+def info(checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint (default: the shipped one).")] = None) -> None:
+    """Print a checkpoint's config, parameter count and provenance."""
+    from vdgen.checkpoint import read_model_configs
+    from vdgen.config import to_dict
+
+    path = checkpoint or default_checkpoint()
+    model_config, diffusion_config, provenance, header = read_model_configs(path)
+    params = sum(_numel(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    typer.echo(json.dumps(
+        {
+            "checkpoint": str(path),
+            "parameters": params,
+            "model": to_dict(model_config),
+            "diffusion": to_dict(diffusion_config),
+            "provenance": provenance,
+        },
+        indent=2,
+    ))
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+@app.command()
+def train(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (config.json, state, logs, samples, model.safetensors).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="Run config JSON file (model, diffusion, train sections).")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="Named config: mmnist32 (the shipped model), mmnist64, tiny.")] = "mmnist32",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR exactly where it stopped.")] = False,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Total training steps (overrides the config).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size per process.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="moving-mnist, or a folder of videos or images.")] = None,
+    image_frames: Annotated[Optional[int], typer.Option("--image-frames", min=0, help="K images per video (joint training).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="fp32, bf16 or auto.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=0, help="CPU threads (0: all).")] = None,
+    device: DeviceOpt = Device.cpu,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", min=1, help="Stop after this many steps in this process.")] = None,
+) -> None:
+    """Train a model (or resume a run) and export its EMA weights to RUN_DIR/model.safetensors."""
+    import dataclasses
+
+    from vdgen import config as cfg
+    from vdgen.train import TrainCallbacks, train as run_training
+
+    run_config = None
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"{config}: no such config file")
+        run_config = cfg.load_run_config(config.read_text(), str(config))
+    elif not resume:
+        run_config = cfg.preset(preset)
+    elif (run_dir / "config.json").exists():
+        run_config = cfg.load_run_config((run_dir / "config.json").read_text(), str(run_dir / "config.json"))
+    overrides = {
+        k: v for k, v in {
+            "steps": steps, "batch_size": batch_size, "dataset": dataset, "image_frames": image_frames,
+            "precision": precision.value if precision else None, "threads": threads,
+        }.items() if v is not None
+    }
+    if overrides:
+        if run_config is None:
+            raise ConfigError(f"cannot resume: {run_dir / 'config.json'} does not exist")
+        run_config = dataclasses.replace(run_config, train=cfg.merge(run_config.train, **overrides))
+    dev = pick_device(device)
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.description}"),
+        TextColumn("ETA"), TimeRemainingColumn(), console=err,
+        disable=not err.is_terminal and os.environ.get("VDGEN_PROGRESS") != "1",
+    ) as progress:
+        bar = progress.add_task("", total=None)
+
+        def on_step(step: int, total: int, loss: float, lr: float, rate: float) -> None:
+            progress.update(bar, completed=step, total=total, description=f"loss {loss:.4f} lr {lr:.1e} {rate:.2f} samples/s")
+            if not progress.live.is_started or progress.disable:
+                err.print(f"step {step}/{total} loss {loss:.4f} lr {lr:.2e} {rate:.2f} samples/s")
+
+        callbacks = TrainCallbacks(
+            on_step=on_step,
+            on_checkpoint=lambda step, path: err.print(f"saved {path} at step {step}"),
+            on_sample=lambda step, path: err.print(f"samples {path}"),
+            on_message=lambda text: err.print(text),
+        )
+        run_training(run_dir, run_config, resume=resume, device=dev, max_steps=max_steps, callbacks=callbacks)
+    err.print(f"exported {run_dir / 'model.safetensors'}")
+
+
+@app.command("convert-i3d", hidden=True)
+def convert_i3d(
+    src: Annotated[Path, typer.Argument(help="i3d-kinetics-400.ckpt (pickle of numpy arrays).")],
+    dst: Annotated[Path, typer.Argument(help="Output .safetensors.")],
+) -> None:
+    """Convert the Kinetics-400 I3D pickle to safetensors (restricted unpickler: numpy arrays only)."""
+    from vdgen.i3d import convert_i3d_checkpoint
+
+    convert_i3d_checkpoint(src, dst)
+    err.print(f"wrote {dst}")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _click_exceptions() -> tuple[type, type, type]:
+    """Click's usage-error classes: from click itself, or from the copy that newer Typer releases vendor."""
+    try:
+        from click.exceptions import Abort, ClickException, UsageError
+    except ImportError:
+        from typer import Abort
+        from typer._click.exceptions import ClickException, UsageError
+    return UsageError, ClickException, Abort
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: VdgenError -> one line + exit 1; usage errors -> one line + exit 1; Ctrl-C -> 130."""
+    UsageError, ClickException, Abort = _click_exceptions()
+    args = sys.argv[1:] if argv is None else argv
+    _state["debug"] = "--debug" in args or os.environ.get("VDGEN_DEBUG", "") not in ("", "0")
+    try:
+        code = app(args=args, prog_name="vdgen", standalone_mode=False)
+    except VdgenError as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except Abort:
+        err.print("interrupted", markup=False)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        raise SystemExit(130) from None
+    except UsageError as exc:
+        if _state["debug"]:
+            raise
+        hint = f" (see vdgen {exc.ctx.info_name} --help)" if exc.ctx is not None and exc.ctx.info_name != "vdgen" else " (see vdgen --help)"
+        err.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except ClickException as exc:
+        err.print(f"error: {exc.format_message()}", markup=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except MemoryError:
+        err.print("error: out of memory (try fewer frames, a smaller --num or a smaller model)", markup=False)
+        raise SystemExit(1) from None
+    except Exception as exc:  # a bug: one line unless --debug, and ask for a report
+        if _state["debug"]:
+            raise
+        err.print(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                  "(rerun with --debug for the traceback and report it)", markup=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
