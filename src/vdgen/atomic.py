@@ -23,7 +23,8 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise OutputError(f"{path} already exists (pass --overwrite to replace it)")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {parent} does not exist")
+        problem = "is not a folder" if parent.exists() else "does not exist"
+        raise OutputError(f"cannot write {path}: folder {parent} {problem}")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {path}: folder {parent} is not writable")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,10 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     with atomic_path(Path(path)) as tmp:
+        mode = tmp.stat().st_mode
         save_file(contiguous, str(tmp), metadata=metadata)
+        # safetensors replaces the file with its own 0600 one: keep the umask-based mode atomic_path set.
+        os.chmod(tmp, mode)
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -45,6 +49,8 @@ def read_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     try:
         size = path.stat().st_size
+        if size == 0:
+            raise CheckpointError(f"{path}: is empty (0 bytes), not a checkpoint")
         with open(path, "rb") as handle:
             head = handle.read(8)
             if _looks_like_pickle(head) or (path.suffix.lower() in _PICKLE_SUFFIXES and not _plausible_length(head, size)):
@@ -73,8 +79,13 @@ def read_header(path: Path) -> dict[str, Any]:
                 raise CheckpointError(f"{path}: malformed safetensors metadata")
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
         if (
-            not isinstance(offsets, list)
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("dtype"), str)
+            or not isinstance(shape, list)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+            or not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(isinstance(o, int) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= data_len
@@ -109,6 +120,7 @@ def _plausible_length(head: bytes, size: int) -> bool:
 
 
 MAX_PARAMETERS = 2_000_000_000
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +181,8 @@ def read_model_configs(path: Path) -> tuple[ModelConfig, DiffusionConfig, dict[s
         model_config = from_dict(ModelConfig, model_data, "model")
         diffusion_config = from_dict(DiffusionConfig, diffusion_data, "diffusion")
     except ConfigError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+        # Key names come from the file: escape control characters so the message stays one line.
+        raise CheckpointError(f"{path}: {str(exc).encode('unicode_escape').decode('ascii')}") from exc
     if not isinstance(provenance, dict):
         provenance = {}
     return model_config, diffusion_config, provenance, header
@@ -179,20 +192,28 @@ def build_network(model_config: ModelConfig, source: str = "config") -> torch.nn
     """Build the U-Net, refusing absurd sizes before any memory is allocated."""
     from vdgen.unet import UNet3D
 
+    _meta_network(model_config, source)
+    return UNet3D(model_config)
+
+
+def _meta_network(model_config: ModelConfig, source: str) -> torch.nn.Module:
+    """The U-Net on the meta device (shapes only, no memory), refused if absurdly large."""
+    from vdgen.unet import UNet3D
+
     with torch.device("meta"):
         probe = UNet3D(model_config)
     count = sum(p.numel() for p in probe.parameters())
     if count > MAX_PARAMETERS:
         raise CheckpointError(f"{source}: the model would have {count:,} parameters (limit {MAX_PARAMETERS:,})")
-    return UNet3D(model_config)
+    return probe
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the exact model from a checkpoint's metadata and load its weights strictly."""
     path = Path(path)
     model_config, diffusion_config, provenance, header = read_model_configs(path)
-    net = build_network(model_config, str(path))
-    expected = net.state_dict()
+    # Compare against shapes only: a forged header must not make us allocate a large network.
+    expected = _meta_network(model_config, str(path)).state_dict()
     stored = {name: entry for name, entry in header.items() if name != "__metadata__"}
     missing = sorted(set(expected) - set(stored))
     extra = sorted(set(stored) - set(expected))
@@ -204,7 +225,13 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
         shape = tuple(entry.get("shape", ()))
         if shape != tuple(expected[name].shape):
             raise CheckpointError(f"{path}: tensor {name!r} has shape {shape}, the model needs {tuple(expected[name].shape)}")
+        # load_state_dict would silently cast integer or bool data into the float weights.
+        if entry.get("dtype") not in _FLOAT_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {entry.get('dtype')}, the model needs floating point")
     tensors, _ = load_tensors(path)
+    from vdgen.unet import UNet3D
+
+    net = UNet3D(model_config)  # its size was checked on the meta device above
     net.load_state_dict(tensors, strict=True)
     net.to(device).eval()
     return LoadedModel(net, model_config, diffusion_config, provenance, path)

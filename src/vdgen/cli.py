@@ -335,6 +335,7 @@ def _conditional(
     max_frames: int,
 ) -> None:
     """Shared body of extend and interpolate."""
+    from vdgen.errors import VideoInputError
     from vdgen.frames import from_model
     from vdgen.generate import PrecisionDenoiser
     from vdgen.guidance import extend as extend_frames
@@ -349,6 +350,11 @@ def _conditional(
     dev = pick_device(device)
     loaded = load_checkpoint(checkpoint, dev)
     x, clip_fps = _read_clip(clip, loaded, resize, max_pixels, max_frames)
+    # Name the clip: these are the only clip-dependent checks left to the guidance plans.
+    if task == "interpolate" and x.shape[1] < 2:
+        raise VideoInputError(f"{clip}: has only 1 frame; interpolation needs at least 2")
+    if task == "extend" and extra["frames"] < x.shape[1]:
+        raise ConfigError(f"--frames {extra['frames']} is fewer than the {x.shape[1]} frames read from {clip} (read fewer with --max-frames)")
     prec = resolve_precision(precision, dev)
     denoiser = PrecisionDenoiser(loaded.denoiser(), prec, dev)
     window = loaded.model_config.frames
@@ -455,6 +461,180 @@ def interpolate(
     )
 
 
+# ---------------------------------------------------------------- eval
+
+eval_app = typer.Typer(
+    help="Evaluate: FVD between clip sources; prediction and interpolation next to simple baselines.",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+SourceArg = Annotated[
+    str,
+    typer.Argument(help="moving-mnist-val (held-out digits; moving-mnist-val:64@1000 is 64x64 from clip 1000 on), "
+                        "moving-mnist (training digits), a folder of clips, or a .safetensors checkpoint (sampled)."),
+]
+I3dOpt = Annotated[Optional[Path], typer.Option("--i3d", help="I3D weights (default: weights/ or $VDGEN_WEIGHTS).")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the full result to this JSON file.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Clips per I3D batch.")]
+NoFvdOpt = Annotated[bool, typer.Option("--no-fvd", help="Skip FVD (PSNR / SSIM only; no I3D needed).")]
+
+
+def _stage_reporter(progress):
+    """progress(stage, done, total) for the evaluation library: one bar per stage."""
+    bars: dict[str, Any] = {}
+
+    def report(stage: str, done: int, total: Optional[int]) -> None:
+        if stage not in bars:
+            bars[stage] = progress.add_task(stage, total=total)
+        progress.update(bars[stage], completed=done, total=total)
+
+    return report
+
+
+def _eval_setup(threads: int, device: Device, json_out: Optional[Path], overwrite: bool) -> str:
+    from vdgen.atomic import check_writable
+
+    set_threads(threads)
+    if json_out is not None:
+        check_writable(json_out, overwrite)
+    return pick_device(device)
+
+
+def _eval_report(result: dict[str, Any], json_out: Optional[Path]) -> None:
+    """The result as a table on stdout, its warnings and notes on stderr, and optionally as JSON."""
+    from vdgen.atomic import write_text_atomic
+    from vdgen.evaluate import format_table, table_rows
+
+    for warning in result.get("warnings", []):
+        err.print(f"warning: {warning}", markup=False)
+    typer.echo(format_table(*table_rows(result)))
+    if "note" in result:
+        err.print(f"{result['clips']} clips, seeds {result['seeds'][0]}..{result['seeds'][-1]}; {result['note']}", markup=False)
+    if json_out is not None:
+        write_text_atomic(json_out, json.dumps({"vdgen_version": vdgen.__version__, **result}, indent=2, allow_nan=False) + "\n")
+        err.print(f"wrote {json_out}")
+
+
+@eval_app.command("fvd")
+def eval_fvd(
+    source_a: SourceArg,
+    source_b: SourceArg,
+    num: Annotated[int, typer.Option("--num", "-n", min=0, help="Clips per side (0: every usable clip of a folder).")] = 256,
+    num_b: Annotated[Optional[int], typer.Option("--num-b", min=0, help="Clips of SOURCE_B (default: --num).")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames per clip (default: a checkpoint's window, else 16).")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help="Moving MNIST size, 32 or 64 (default: the checkpoint's, else 32).")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="First sampling seed of a checkpoint source (clip i: seed + i).")] = 0,
+    sampler: SamplerOpt = Sampler.ancestral,
+    steps: StepsOpt = 256,
+    precision: PrecisionOpt = Precision.fp32,
+    i3d: I3dOpt = None,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = 0,
+    json_out: JsonOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """FVD between two clip sources (I3D logits, Kinetics-400); refuses a clip set against itself."""
+    from vdgen.evaluate import fvd, parse_source
+
+    dev = _eval_setup(threads, device, json_out, overwrite)
+    options = dict(size=size, seed=seed, sampler=sampler.value, steps=steps, precision=resolve_precision(precision, dev))
+    a, b = parse_source(source_a, **options), parse_source(source_b, **options)
+    with make_progress() as progress:
+        result = fvd(a, b, num or None, frames, n_b=None if num_b is None else (num_b or None), i3d=i3d,
+                     batch_size=batch_size, device=dev, progress=_stage_reporter(progress))
+    _eval_report(result, json_out)
+
+
+def _eval_conditional(task: str, source: str, checkpoint: Optional[Path], num: int, frames: int, amount: int,
+                      methods: list[Method], seed: int, resize: Resize, i3d: Optional[Path], no_fvd: bool,
+                      device: Device, precision: Precision, threads: int, json_out: Optional[Path],
+                      overwrite: bool, **options: Any) -> None:
+    """Shared body of `eval predict` (amount: context frames) and `eval interpolate` (amount: factor)."""
+    from vdgen.evaluate import evaluate_interpolation, evaluate_prediction, parse_source, read_clips
+    from vdgen.i3d import load_i3d
+
+    dev = _eval_setup(threads, device, json_out, overwrite)
+    loaded = load_checkpoint(checkpoint, dev)
+    cfg = loaded.model_config
+    clips, read = read_clips(parse_source(source, seed=seed), num, frames, size=(cfg.height, cfg.width),
+                             resize=resize.value, device=dev)
+    network = None if no_fvd else load_i3d(i3d, dev)
+    evaluate = evaluate_prediction if task == "predict" else evaluate_interpolation
+    err.print(f"{loaded.path} | {read['label']}: {len(clips)} clips of {frames} frames | "
+              f"{', '.join(m.value for m in methods)} | {options['sampler']} {options['steps']} steps")
+    with make_progress() as progress:
+        result = evaluate(
+            loaded, clips, amount, method=[m.value for m in methods], seeds=[seed + i for i in range(len(clips))],
+            precision=resolve_precision(precision, dev), i3d=network, with_fvd=not no_fvd, device=dev,
+            progress=_stage_reporter(progress), **options,
+        )
+    _eval_report({**result, "checkpoint": str(loaded.path), "source": read}, json_out)
+
+
+EvalSourceArg = Annotated[str, typer.Argument(help="True clips: moving-mnist-val (default; moving-mnist-val@1000 from clip 1000 on) or a folder of clips.")]
+MethodsOpt = Annotated[list[Method], typer.Option("--method", help="guidance and/or replacement (repeat the option for both).")]
+EvalNumOpt = Annotated[int, typer.Option("--num", "-n", min=1, help="Clips to evaluate (one sample each).")]
+EvalSeedOpt = Annotated[int, typer.Option("--seed", min=0, help="First sampling seed (clip i: seed + i).")]
+
+
+@eval_app.command("predict")
+def eval_predict(
+    source: EvalSourceArg = "moving-mnist-val",
+    checkpoint: CheckpointOpt = None,
+    num: EvalNumOpt = 64,
+    frames: Annotated[int, typer.Option("--frames", min=2, help="Frames per clip, the context included.")] = 16,
+    context: Annotated[int, typer.Option("--context", min=1, help="Given frames (and known frames per window).")] = 5,
+    method: MethodsOpt = [Method.guidance],  # noqa: B006 (Typer reads the default, never mutates it)
+    guidance_weight: WeightOpt = 5.0,
+    sampler: SamplerOpt = Sampler.ancestral,
+    steps: StepsOpt = 64,
+    seed: EvalSeedOpt = 0,
+    resize: ResizeOpt = Resize.crop,
+    i3d: I3dOpt = None,
+    no_fvd: NoFvdOpt = False,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    threads: ThreadsOpt = 0,
+    json_out: JsonOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Video prediction: condition on the first --context frames of true clips, score the rest (PSNR, SSIM, FVD)."""
+    _eval_conditional(
+        "predict", source, checkpoint, num, frames, context, method, seed, resize, i3d, no_fvd, device, precision,
+        threads, json_out, overwrite, w_r=guidance_weight, sampler=sampler.value, steps=steps,
+    )
+
+
+@eval_app.command("interpolate")
+def eval_interpolate(
+    source: EvalSourceArg = "moving-mnist-val",
+    checkpoint: CheckpointOpt = None,
+    num: EvalNumOpt = 64,
+    frames: Annotated[int, typer.Option("--frames", min=3, help="Frames per true clip (factor * k + 1 uses all).")] = 17,
+    factor: Annotated[int, typer.Option("--factor", min=2, max=64, help="Keep every factor-th frame; generate the rest.")] = 2,
+    method: MethodsOpt = [Method.guidance],  # noqa: B006
+    guidance_weight: WeightOpt = 5.0,
+    sampler: SamplerOpt = Sampler.ancestral,
+    steps: StepsOpt = 64,
+    seed: EvalSeedOpt = 0,
+    resize: ResizeOpt = Resize.crop,
+    i3d: I3dOpt = None,
+    no_fvd: NoFvdOpt = False,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    threads: ThreadsOpt = 0,
+    json_out: JsonOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Temporal interpolation: keep every --factor-th frame of true clips, fill in the rest, score against blending."""
+    _eval_conditional(
+        "interpolate", source, checkpoint, num, frames, factor, method, seed, resize, i3d, no_fvd, device, precision,
+        threads, json_out, overwrite, w_r=guidance_weight, sampler=sampler.value, steps=steps,
+    )
+
+
 # ---------------------------------------------------------------- info / train
 
 
@@ -496,6 +676,8 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size per process.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="moving-mnist, or a folder of videos or images.")] = None,
     image_frames: Annotated[Optional[int], typer.Option("--image-frames", min=0, help="K images per video (joint training).")] = None,
+    image_dataset: Annotated[Optional[str], typer.Option("--image-dataset", help="Folder of images for the K joint-training frames (default: frames of other videos).")] = None,
+    frame_skip: Annotated[Optional[int], typer.Option("--frame-skip", min=1, help="Stride between the frames of a training clip (video folders).")] = None,
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="fp32, bf16 or auto.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", min=0, help="CPU threads (0: all).")] = None,
     device: DeviceOpt = Device.cpu,
@@ -519,6 +701,7 @@ def train(
     overrides = {
         k: v for k, v in {
             "steps": steps, "batch_size": batch_size, "dataset": dataset, "image_frames": image_frames,
+            "image_dataset": image_dataset, "frame_skip": frame_skip,
             "precision": precision.value if precision else None, "threads": threads,
         }.items() if v is not None
     }
@@ -587,7 +770,7 @@ def main(argv: list[str] | None = None) -> None:
     except VdgenError as exc:
         if _state["debug"]:
             raise
-        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        err.print("error: " + str(exc).replace("\r", "\\r").replace("\n", "\\n"), markup=False, soft_wrap=True)
         raise SystemExit(1) from None
     except Abort:
         err.print("interrupted", markup=False)
@@ -613,4 +796,6 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                   "(rerun with --debug for the traceback and report it)", markup=False, soft_wrap=True)
         raise SystemExit(1) from None
+    if code == 130:  # Typer itself turns a KeyboardInterrupt inside a command into exit code 130
+        err.print("interrupted", markup=False)
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -45,6 +45,10 @@ class ModelConfig:
         _check(1 <= self.heads <= 64, "model.heads must be in [1, 64]")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(1 <= self.max_relative_position <= 4096, "model.max_relative_position must be in [1, 4096]")
+        _check(
+            self.frames <= self.max_relative_position + 1,
+            f"model.frames ({self.frames}) must be at most model.max_relative_position + 1 ({self.max_relative_position + 1})",
+        )
         _check(0 <= self.emb_dim <= 16384, "model.emb_dim must be in [0, 16384]")
         stride = self.stride
         _check(
@@ -91,6 +95,7 @@ class TrainConfig:
     dataset: str = "moving-mnist"  # moving-mnist, or a folder of videos or images
     image_frames: int = 0  # K independent images appended to each video (joint training, VDM section 3)
     frame_skip: int = 1  # for video folders
+    image_dataset: str = ""  # joint training's K images from this folder (images, or frames of videos); "": other clips
     batch_size: int = 16
     steps: int = 100_000
     lr: float = 2e-4
@@ -112,6 +117,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(0 <= self.image_frames <= 256, "train.image_frames must be in [0, 256]")
         _check(self.frame_skip >= 1, "train.frame_skip must be at least 1")
+        _check(not self.image_dataset or self.image_frames > 0, "train.image_dataset needs train.image_frames > 0")
         _check(1 <= self.batch_size <= 65536, "train.batch_size must be in [1, 65536]")
         _check(self.steps >= 1, "train.steps must be at least 1")
         _check(0 < self.lr < 1, "train.lr must be in (0, 1)")

@@ -1,5 +1,7 @@
 """Training data: built-in Moving MNIST, plus batches for joint image-video training.
 
+Datasets from the user's own folders of videos or images live in vdgen.data_folders.
+
 Every sample is a pure function of (seed, split, index), so a training run that resumes at step
 s sees exactly the batches an uninterrupted run would, with no data-loader state to save.
 """
@@ -11,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -80,16 +83,18 @@ class MovingMNIST:
     """The standard Moving MNIST protocol, generated on the fly and deterministic per (seed, index)."""
 
     frames: int = 16
-    size: int = 32  # 64 (native) or 32 (area-downsampled)
+    size: int = 32  # 64 (native), or 32 or 16 (area-downsampled)
     split: str = "train"
     seed: int = 0
     num_digits: int = 2
 
     def __post_init__(self) -> None:
-        if self.size not in (32, 64):
-            raise ConfigError("moving-mnist frames are 64x64, or 32x32 area-downsampled")
+        if self.size not in (16, 32, 64):
+            raise ConfigError("moving-mnist frames are 64x64, or 32x32 or 16x16 area-downsampled")
 
     channels = 1
+    images_only = False
+    image_source = None
 
     def clip(self, index: int) -> np.ndarray:
         """Clip `index` as uint8 [F, size, size]."""
@@ -102,23 +107,39 @@ class MovingMNIST:
         return torch.from_numpy(self.clip(index)).float().div(127.5).sub(1.0)[None]
 
 
+class ClipDataset(Protocol):
+    """What make_batch and the training loop need: MovingMNIST, or a vdgen.data_folders dataset."""
+
+    frames: int
+    seed: int
+    channels: int
+    images_only: bool  # every frame is an independent image (image-only training)
+    image_source: ClipDataset | None  # where the K joint-training images come from; None: this dataset
+
+    def video(self, index: int) -> torch.Tensor:
+        """Sample `index` as float [C, F, H, W] in [-1, 1], a pure function of (seed, index)."""
+        ...
+
+
 def make_batch(
-    dataset: MovingMNIST, indices: list[int], image_frames: int = 0
+    dataset: ClipDataset, indices: list[int], image_frames: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A batch [B, C, F + K, H, W] and its image mask [B, F + K] (True on the K appended images).
 
     Joint image-video training (VDM section 3): each video gets K independent frames taken from
-    other clips of the same dataset, chosen deterministically from the video's own index.
+    other clips of the same dataset (or of `dataset.image_source`), chosen deterministically from
+    the video's own index. An `images_only` dataset has every frame marked, so temporal attention
+    is the identity: the same masking gives an image-only mode.
     """
     videos = torch.stack([dataset.video(i) for i in indices])
+    mask = torch.zeros(len(indices), dataset.frames + image_frames, dtype=torch.bool)
+    mask[:, 0 if dataset.images_only else dataset.frames :] = True
     if image_frames == 0:
-        return videos, None
+        return videos, mask if dataset.images_only else None
+    source = dataset if dataset.image_source is None else dataset.image_source
     images = []
     for i in indices:
         rng = np.random.default_rng([dataset.seed, 2, i])
-        picks = [(int(rng.integers(2**62)), int(rng.integers(dataset.frames))) for _ in range(image_frames)]
-        images.append(torch.stack([dataset.video(j)[:, f] for j, f in picks], dim=1))
-    batch = torch.cat([videos, torch.stack(images)], dim=2)
-    mask = torch.zeros(batch.shape[0], batch.shape[2], dtype=torch.bool)
-    mask[:, dataset.frames :] = True
-    return batch, mask
+        picks = [(int(rng.integers(2**62)), int(rng.integers(source.frames))) for _ in range(image_frames)]
+        images.append(torch.stack([source.video(j)[:, f] for j, f in picks], dim=1))
+    return torch.cat([videos, torch.stack(images)], dim=2), mask

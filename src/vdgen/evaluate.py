@@ -31,9 +31,9 @@ import torch
 from vdgen.checkpoint import LoadedModel, load_model, read_model_configs
 from vdgen.data import MovingMNIST
 from vdgen.errors import ConfigError, VdgenError, VideoInputError
-from vdgen.frames import from_model, to_luma, to_model, to_rgb
+from vdgen.frames import fit_frames, from_model, to_luma, to_model, to_rgb
 from vdgen.generate import PrecisionDenoiser, sample_videos
-from vdgen.guidance import DEFAULT_W_R, extend, interpolate, plan_extension, plan_interpolation
+from vdgen.guidance import DEFAULT_STEPS, DEFAULT_W_R, extend, interpolate, plan_extension, plan_interpolation
 from vdgen.i3d import load_i3d
 from vdgen.metrics import fvd_from_features, i3d_features, psnr, ssim
 from vdgen.video import read_video
@@ -97,6 +97,7 @@ def parse_source(
     text: str,
     *,
     size: int | None = None,
+    dataset_seed: int = 0,
     seed: int = 0,
     sampler: str = "ancestral",
     steps: int = DEFAULT_SOURCE_STEPS,
@@ -104,8 +105,8 @@ def parse_source(
 ) -> Source:
     """A source from its text: `moving-mnist[-val][:SIZE][@START]`, a folder of clips, or a `.safetensors` checkpoint.
 
-    `size` and `seed` apply to datasets (the dataset seed), `seed`, `sampler`, `steps` and `precision` to
-    checkpoints (the first sampling seed). `moving-mnist-val:64@512` is the 64x64 validation set from clip 512.
+    `size` and `dataset_seed` apply to datasets; `seed` (the first sampling seed), `sampler`, `steps` and
+    `precision` to checkpoints. `moving-mnist-val:64@512` is the 64x64 validation set from clip 512 on.
     """
     name, _, start_text = text.partition("@")
     name, _, size_text = name.partition(":")
@@ -115,7 +116,7 @@ def parse_source(
             parsed_size = int(size_text) if size_text else size
         except ValueError:
             raise ConfigError(f"bad dataset source {text!r}; expected {name}[:SIZE][@START], e.g. {name}:32@1000") from None
-        return DatasetSource(name, parsed_size, start, seed)
+        return DatasetSource(name, parsed_size, start, dataset_seed)
     path = Path(text)
     if path.suffix.lower() == ".safetensors":
         if not path.is_file():
@@ -251,6 +252,32 @@ class ClipReader:
         return out
 
 
+def read_clips(
+    source: Source,
+    n: int | None,
+    frames: int,
+    *,
+    size: tuple[int, int] | None = None,
+    resize: str = "crop",
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """n clips of a source as one uint8 array [N, F, H, W, C], fitted to `size` (H, W) if given; and what was read.
+
+    A dataset of unspecified size is generated at `size` when that is a Moving MNIST size.
+    """
+    if isinstance(source, DatasetSource) and source.size is None:
+        side = size[0] if size is not None and size[0] == size[1] and size[0] in (32, 64) else 32
+        source = DatasetSource(source.name, side, source.start, source.seed)
+    reader = ClipReader(source, n, frames, device=device, progress=progress, stage="read clips")
+    clips = []
+    for clip in reader:
+        clips.append(clip if size is None or clip.shape[1:3] == tuple(size) else np.asarray(fit_frames(clip, size, resize)))
+    if not clips:
+        raise VideoInputError(f"{source_label(source)}: no clips of at least {frames} frames")
+    return np.stack(clips), {**describe_source(source), "label": source_label(source, reader.count), **reader.report()}
+
+
 class _Sized:
     """An iterable with a known length (so feature extraction can report a total)."""
 
@@ -298,10 +325,6 @@ def clip_features(
     return i3d_features(clips, i3d, batch_size=batch_size, progress_callback=report)
 
 
-def _fvd_or_none(a: np.ndarray, b: np.ndarray) -> float | None:
-    return fvd_from_features(a, b) if len(a) >= 2 and len(b) >= 2 else None
-
-
 def fvd(
     source_a: Source,
     source_b: Source,
@@ -309,7 +332,7 @@ def fvd(
     frames: int | None = None,
     *,
     n_b: int | None = None,
-    i3d: torch.nn.Module | None = None,
+    i3d: torch.nn.Module | Path | None = None,
     batch_size: int = FEATURE_BATCH,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
@@ -317,7 +340,8 @@ def fvd(
     """FVD between n clips of source_a and n_b (default n) of source_b, each cut to `frames` (default: 16, or the checkpoint's).
 
     n None reads every usable clip of a folder. Refuses two sources that share clips (the same dataset
-    indices, the same folder, the same checkpoint seeds and sampler): use disjoint sets for a floor.
+    indices, the same folder, the same checkpoint seeds and sampler) before any work: use disjoint sets
+    for a floor. `i3d` is the network, or the path of its weights (None: the default weights).
     """
     n_b = n if n_b is None else n_b
     source_a, source_b = _resolve_size(source_a, source_b), _resolve_size(source_b, source_a)
@@ -332,8 +356,8 @@ def fvd(
             f"both sides share {shared} clips ({source_label(source_a, n)}); compare disjoint sets, "
             "e.g. moving-mnist-val@0 against moving-mnist-val@N, or two different folders or seeds"
         )
-    if i3d is None:
-        i3d = load_i3d(device=device)
+    if not isinstance(i3d, torch.nn.Module):
+        i3d = load_i3d(i3d, device)
     started = time.perf_counter()
     sides, feats = {}, []
     for key, source, count in (("a", source_a, n), ("b", source_b, n_b)):
@@ -381,84 +405,102 @@ def _check_clips(clips: np.ndarray, loaded: LoadedModel, seeds: Sequence[int]) -
 
 def _methods(method: str | Sequence[str]) -> list[str]:
     methods = [method] if isinstance(method, str) else list(method)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ConfigError(f"unknown conditioning method {unknown[0] if unknown else ''!r}; choose from {', '.join(METHODS)}")
+    if not methods:
+        raise ConfigError(f"no conditioning method given; choose from {', '.join(METHODS)}")
+    for name in methods:
+        if name not in METHODS:
+            raise ConfigError(f"unknown conditioning method {name!r}; choose from {', '.join(METHODS)}")
     return methods
 
 
 def _frame_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    """PSNR / SSIM of frames [N, P, H, W, C]: mean over all, and per position (mean over clips)."""
+    """PSNR / SSIM of frames [N, P, H, W, C]: mean over all, per position (mean over clips), per clip (mean over frames)."""
     p, s = psnr(pred, truth), ssim(pred, truth)
     return {
         "psnr": p.mean,
         "ssim": s.mean,
         "psnr_per_frame": p.per_frame.mean(axis=0).tolist(),
         "ssim_per_frame": s.per_frame.mean(axis=0).tolist(),
+        "psnr_per_clip": p.per_frame.mean(axis=1).tolist(),
+        "ssim_per_clip": s.per_frame.mean(axis=1).tolist(),
     }
 
 
-def _conditional_run(
-    clips: np.ndarray,
+# generate(clip [C, F, H, W] in [-1, 1], method, seed, callback(window, windows, step, steps)) -> [C, F', H, W]
+Generate = Callable[[torch.Tensor, str, int, Callable[[int, int, int, int], None]], torch.Tensor]
+
+
+def _evaluate_conditional(
+    truth: np.ndarray,
+    generate: Generate,
+    generated_positions: Sequence[int],
+    baseline: tuple[str, np.ndarray],
+    *,
     methods: list[str],
-    generate: Callable[..., torch.Tensor],
-    plan_length: int,
+    windows_per_clip: int,
     seeds: Sequence[int],
     steps: int,
+    i3d: torch.nn.Module | None,
+    with_fvd: bool,
+    batch_size: int,
+    device: str | torch.device,
     progress: Progress | None,
-) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Run `generate(denoiser, clip_model [C, F, H, W], method, seed, callback)` per clip and method -> uint8 outputs, seconds."""
+) -> dict[str, Any]:
+    """Generate every clip of `truth` [N, F, H, W, C] with each method; score them and the baseline against the truth.
+
+    PSNR / SSIM over `generated_positions`, FVD of whole clips (when N >= 2 and `with_fvd`).
+    """
+    n = len(truth)
     outputs, seconds = {}, {}
-    total = len(clips) * plan_length * steps
+    total = n * windows_per_clip * steps
     for method in methods:
-        generated = []
         started = time.perf_counter()
-        for i, (clip, seed) in enumerate(zip(clips, seeds)):
-            offset = i * plan_length * steps
+        generated = []
+        for i, (clip, seed) in enumerate(zip(truth, seeds)):
 
-            def report(window: int, _windows: int, step: int, _total: int, offset: int = offset, method: str = method) -> None:
+            def report(window: int, _windows: int, step: int, _steps: int, done: int = i * windows_per_clip * steps,
+                       stage: str = f"sample {method}") -> None:
                 if progress is not None:
-                    progress(f"sample {method}", offset + window * steps + step, total)
+                    progress(stage, done + window * steps + step, total)
 
-            generated.append(from_model(generate(to_model(clip), method, int(seed), report)))
+            generated.append(from_model(generate(to_model(clip).to(device), method, int(seed), report)))
         outputs[method] = np.stack(generated)
         seconds[method] = time.perf_counter() - started
-    return outputs, seconds
+    outputs[baseline[0]] = baseline[1]
 
-
-def _score_rows(
-    truth: np.ndarray,
-    candidates: dict[str, np.ndarray],
-    generated_positions: Sequence[int],
-    i3d: torch.nn.Module | None,
-    batch_size: int,
-    progress: Progress | None,
-) -> tuple[list[dict[str, Any]], float]:
-    """Per candidate: PSNR/SSIM on the generated positions and FVD of whole clips vs the truth; feature seconds."""
     started = time.perf_counter()
-    positions = list(generated_positions)
+    warnings = []
     true_features = None
-    if i3d is not None and len(truth) >= 2:
+    if with_fvd and n < 2:
+        warnings.append("FVD needs at least 2 clips; not computed")
+    elif with_fvd:
+        i3d = i3d if i3d is not None else load_i3d(device=device)
         true_features = clip_features(truth, i3d, batch_size=batch_size, progress=progress, stage="features truth")
+    positions = list(generated_positions)
     rows = []
-    for name, videos in candidates.items():
-        row: dict[str, Any] = {"name": name, **_frame_scores(videos[:, positions], truth[:, positions])}
+    for name, videos in outputs.items():
+        row: dict[str, Any] = {"name": name, "baseline": name == baseline[0]}
+        row.update(_frame_scores(videos[:, positions], truth[:, positions]))
+        row["fvd"] = None
         if true_features is not None:
             assert i3d is not None
             features = clip_features(videos, i3d, batch_size=batch_size, progress=progress, stage=f"features {name}")
-            row["fvd"] = _fvd_or_none(features, true_features)
-        else:
-            row["fvd"] = None
+            row["fvd"] = fvd_from_features(features, true_features)
+        if name in seconds:
+            row["seconds_per_clip"] = seconds[name] / n
         rows.append(row)
-    return rows, time.perf_counter() - started
-
-
-def _load_default_i3d(i3d: torch.nn.Module | None, with_fvd: bool, n: int, device: Any) -> torch.nn.Module | None:
-    if not with_fvd or n < 2:
-        return None
-    if i3d is not None:
-        return i3d
-    return load_i3d(device=device)
+    return {
+        "clips": n,
+        "frames": truth.shape[1],
+        "windows_per_clip": windows_per_clip,
+        "steps": steps,
+        "seeds": [int(s) for s in seeds],
+        "samples_per_clip": 1,
+        "note": SINGLE_SAMPLE_NOTE,
+        "results": rows,
+        "seconds": {"sampling": sum(seconds.values()), "metrics": time.perf_counter() - started},
+        "warnings": warnings,
+    }
 
 
 def _denoiser(loaded: LoadedModel, precision: str, device: str | torch.device) -> PrecisionDenoiser:
@@ -467,7 +509,7 @@ def _denoiser(loaded: LoadedModel, precision: str, device: str | torch.device) -
 
 
 def repeat_last_frame(clips: np.ndarray, context: int) -> np.ndarray:
-    """The prediction baseline: frames [N, F, H, W, C] with every frame from `context` on set to frame context - 1."""
+    """The prediction baseline: clips [N, F, H, W, C] with every frame from `context` on a copy of frame context - 1."""
     out = clips.copy()
     out[:, context:] = clips[:, context - 1 : context]
     return out
@@ -475,13 +517,11 @@ def repeat_last_frame(clips: np.ndarray, context: int) -> np.ndarray:
 
 def linear_blend(known: np.ndarray, factor: int) -> np.ndarray:
     """The interpolation baseline: known frames [N, K, H, W, C] -> [N, (K - 1) factor + 1, ...], linear in time."""
-    k = known.shape[1]
     x = known.astype(np.float64)
-    out = np.empty((known.shape[0], (k - 1) * factor + 1, *known.shape[2:]), dtype=np.float64)
+    out = np.empty((known.shape[0], (known.shape[1] - 1) * factor + 1, *known.shape[2:]), dtype=np.float64)
     out[:, ::factor] = x
     for j in range(1, factor):
-        weight = j / factor
-        out[:, j::factor] = (1.0 - weight) * x[:, :-1] + weight * x[:, 1:]
+        out[:, j::factor] = (1.0 - j / factor) * x[:, :-1] + (j / factor) * x[:, 1:]
     return np.round(out).clip(0, 255).astype(np.uint8)
 
 
@@ -491,9 +531,9 @@ def evaluate_prediction(
     context: int,
     *,
     method: str | Sequence[str] = "guidance",
-    w_r: float | None = None,
+    w_r: float = DEFAULT_W_R,
     sampler: str = "ancestral",
-    steps: int = 64,
+    steps: int = DEFAULT_STEPS,
     seeds: Sequence[int],
     window_context: int | None = None,
     sampler_opts: dict | None = None,
@@ -504,56 +544,38 @@ def evaluate_prediction(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Predict frames context.. F-1 of true clips uint8 [N, F, H, W, C] from their first `context` frames (VDM sec. 3.1).
+    """Predict frames context .. F-1 of true clips uint8 [N, F, H, W, C] from their first `context` (VDM sec. 3.1).
 
-    Each clip is extended with `guidance.extend` (windows of the model's length keeping `window_context`,
-    default `context`, known frames; clip i from seeds[i]) by each method in `method`. Reports per method
-    and for the repeat-last-frame baseline: PSNR / SSIM of the predicted frames (one sample per clip, mean
-    over clips) and FVD of the full clips against the true clips (N >= 2; I3D needs F >= 9).
+    Each clip is extended by `guidance.extend` with each method in `method` (windows of the model's
+    length that keep `window_context` known frames, default `context`; clip i from seeds[i]). Reports per
+    method, and for the repeat-last-frame baseline: PSNR / SSIM of the predicted frames (one sample per
+    clip, mean over clips) and FVD of the full clips against the true ones (N >= 2; I3D needs F >= 9).
+    `i3d` None loads the pretrained network when FVD is computed.
     """
     methods = _methods(method)
     clips = _check_clips(clips, loaded, seeds)
-    n, frames = clips.shape[:2]
-    window = loaded.model_config.frames
-    window_context = window_context or context
-    w_r = DEFAULT_W_R if w_r is None else w_r
+    frames = clips.shape[1]
     if not 1 <= context < frames:
         raise ConfigError(f"the context must be in [1, {frames - 1}] for {frames}-frame clips, got {context}")
+    window = loaded.model_config.frames
+    window_context = window_context or context
     plan = plan_extension(context, frames, window, window_context)
     denoiser = _denoiser(loaded, precision, device)
 
-    def generate(clip: torch.Tensor, how: str, seed: int, callback: Any) -> torch.Tensor:
+    def generate(clip: torch.Tensor, how: str, seed: int, callback: Callable[[int, int, int, int], None]) -> torch.Tensor:
         return extend(
-            denoiser, clip[:, :context].to(device), frames, window=window, context=window_context, method=how,
-            w_r=w_r, sampler=sampler, steps=steps, seed=seed, sampler_opts=sampler_opts, callback=callback,
+            denoiser, clip[:, :context], frames, window=window, context=window_context, method=how, w_r=w_r,
+            sampler=sampler, steps=steps, seed=seed, sampler_opts=sampler_opts, callback=callback,
         )
 
-    outputs, seconds = _conditional_run(clips, methods, generate, len(plan), seeds, steps, progress)
-    outputs[PREDICTION_BASELINE] = repeat_last_frame(clips, context)
-    i3d = _load_default_i3d(i3d, with_fvd, n, device)
-    rows, feature_seconds = _score_rows(clips, outputs, range(context, frames), i3d, batch_size, progress)
-    for row in rows:
-        row["baseline"] = row["name"] == PREDICTION_BASELINE
-        if not row["baseline"]:
-            row["seconds_per_clip"] = seconds[row["name"]] / n
-    return _json_ready({
-        "task": "prediction",
-        "clips": n,
-        "frames": frames,
-        "context": context,
-        "window": window,
-        "window_context": window_context,
-        "windows_per_clip": len(plan),
-        "w_r": w_r,
-        "sampler": sampler,
-        "steps": steps,
-        "seeds": [int(s) for s in seeds],
-        "samples_per_clip": 1,
-        "note": SINGLE_SAMPLE_NOTE,
-        "results": rows,
-        "seconds": {"sampling": sum(seconds.values()), "features": feature_seconds},
-        "warnings": [] if rows[0]["fvd"] is not None or not with_fvd else ["FVD needs at least 2 clips; not computed"],
-    })
+    result = _evaluate_conditional(
+        clips, generate, range(context, frames), (PREDICTION_BASELINE, repeat_last_frame(clips, context)),
+        methods=methods, windows_per_clip=len(plan), seeds=seeds, steps=steps, i3d=i3d, with_fvd=with_fvd,
+        batch_size=batch_size, device=device, progress=progress,
+    )
+    header = {"task": "prediction", "context": context, "window": window, "window_context": window_context,
+              "w_r": w_r, "sampler": sampler}
+    return _json_ready({**header, **result})
 
 
 def evaluate_interpolation(
@@ -562,9 +584,9 @@ def evaluate_interpolation(
     factor: int,
     *,
     method: str | Sequence[str] = "guidance",
-    w_r: float | None = None,
+    w_r: float = DEFAULT_W_R,
     sampler: str = "ancestral",
-    steps: int = 64,
+    steps: int = DEFAULT_STEPS,
     seeds: Sequence[int],
     sampler_opts: dict | None = None,
     precision: str = "fp32",
@@ -576,58 +598,39 @@ def evaluate_interpolation(
 ) -> dict[str, Any]:
     """Keep frames 0, m, 2m, .. of true clips uint8 [N, F, H, W, C] and fill in the rest with `guidance.interpolate`.
 
-    The output has (K - 1) m + 1 frames for the K = (F - 1) // m + 1 kept frames (all F when m divides
-    F - 1). Reports per method and for linear blending of the kept frames: PSNR / SSIM of the generated
-    frames (one sample per clip, mean over clips) and FVD of the whole output against the true frames.
+    The output has (K - 1) m + 1 frames for the K = (F - 1) // m + 1 kept ones (all F when m divides F - 1).
+    Reports per method, and for linear blending of the kept frames: PSNR / SSIM of the generated frames
+    (one sample per clip, mean over clips) and FVD of the whole output against the true frames.
     """
     methods = _methods(method)
     clips = _check_clips(clips, loaded, seeds)
-    n, frames = clips.shape[:2]
     if factor < 2:
         raise ConfigError(f"the interpolation factor must be at least 2, got {factor}")
-    kept = (frames - 1) // factor + 1
+    kept = (clips.shape[1] - 1) // factor + 1
     if kept < 2:
-        raise ConfigError(f"{frames}-frame clips keep fewer than 2 frames at factor {factor}")
+        raise ConfigError(f"{clips.shape[1]}-frame clips keep fewer than 2 frames at factor {factor}")
     length = (kept - 1) * factor + 1
     truth = clips[:, :length]
     window = loaded.model_config.frames
-    w_r = DEFAULT_W_R if w_r is None else w_r
     plan = plan_interpolation(kept, factor, window)
     denoiser = _denoiser(loaded, precision, device)
 
-    def generate(clip: torch.Tensor, how: str, seed: int, callback: Any) -> torch.Tensor:
+    def generate(clip: torch.Tensor, how: str, seed: int, callback: Callable[[int, int, int, int], None]) -> torch.Tensor:
         return interpolate(
-            denoiser, clip[:, :length:factor].to(device), factor, window=window, method=how, w_r=w_r,
-            sampler=sampler, steps=steps, seed=seed, sampler_opts=sampler_opts, callback=callback,
+            denoiser, clip[:, ::factor], factor, window=window, method=how, w_r=w_r, sampler=sampler,
+            steps=steps, seed=seed, sampler_opts=sampler_opts, callback=callback,
         )
 
-    outputs, seconds = _conditional_run(truth, methods, generate, len(plan), seeds, steps, progress)
-    outputs[INTERPOLATION_BASELINE] = linear_blend(truth[:, ::factor], factor)
-    i3d = _load_default_i3d(i3d, with_fvd, n, device)
-    generated = [f for f in range(length) if f % factor]
-    rows, feature_seconds = _score_rows(truth, outputs, generated, i3d, batch_size, progress)
-    for row in rows:
-        row["baseline"] = row["name"] == INTERPOLATION_BASELINE
-        if not row["baseline"]:
-            row["seconds_per_clip"] = seconds[row["name"]] / n
-    return _json_ready({
-        "task": "interpolation",
-        "clips": n,
-        "frames": length,
-        "factor": factor,
-        "kept_frames": kept,
-        "window": window,
-        "windows_per_clip": len(plan),
-        "w_r": w_r,
-        "sampler": sampler,
-        "steps": steps,
-        "seeds": [int(s) for s in seeds],
-        "samples_per_clip": 1,
-        "note": SINGLE_SAMPLE_NOTE,
-        "results": rows,
-        "seconds": {"sampling": sum(seconds.values()), "features": feature_seconds},
-        "warnings": [] if rows[0]["fvd"] is not None or not with_fvd else ["FVD needs at least 2 clips; not computed"],
-    })
+    result = _evaluate_conditional(
+        truth, generate, [f for f in range(length) if f % factor],
+        (INTERPOLATION_BASELINE, linear_blend(truth[:, ::factor], factor)),
+        methods=methods, windows_per_clip=len(plan), seeds=seeds, steps=steps, i3d=i3d, with_fvd=with_fvd,
+        batch_size=batch_size, device=device, progress=progress,
+    )
+    header = {"task": "interpolation", "factor": factor, "kept_frames": kept, "window": window, "w_r": w_r,
+              "sampler": sampler}
+    return _json_ready({**header, **result})
+
 
 
 # ------------------------------------------------------------------------------------------ output

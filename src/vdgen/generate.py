@@ -12,17 +12,12 @@ from torch import nn
 from vdgen.config import DiffusionConfig, ModelConfig
 from vdgen.diffusion import Denoiser
 from vdgen.errors import ConfigError
+from vdgen.frames import from_model
 from vdgen.sampling import SAMPLERS, sample
 
 DEFAULT_SAMPLER = "ancestral"
 DEFAULT_STEPS = 256
 SAMPLE_BATCH = 8
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[B, C, F, H, W] in [-1, 1] -> uint8 [B, F, H, W, C]."""
-    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 def autocast_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
@@ -84,7 +79,7 @@ def sample_videos(
                 sampler, denoiser, (len(chunk), *shape_one), steps, chunk,
                 clip=clip, callback=progress, device=device, **(sampler_opts or {}),
             )
-            out.append(to_uint8(x))
+            out.append(from_model(x))
             done += steps * len(chunk)
     finally:
         net.train(was_training)

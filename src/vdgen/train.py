@@ -29,7 +29,7 @@ from torch import nn
 from vdgen.atomic import write_text_atomic
 from vdgen.checkpoint import build_network, load_tensors, save_model, save_tensors
 from vdgen.config import RunConfig, from_dict, load_run_config, to_dict
-from vdgen.data import MovingMNIST, make_batch
+from vdgen.data import ClipDataset, MovingMNIST, make_batch
 from vdgen.diffusion import training_loss
 from vdgen.errors import TrainingError
 
@@ -173,17 +173,20 @@ def export_release(run_dir: Path, state: TrainState, config: RunConfig, wall_sec
     return path
 
 
-def make_dataset(config: RunConfig, split: str = "train") -> MovingMNIST:
-    """The dataset a run config names (Moving MNIST, or a folder of videos or images)."""
+def make_dataset(config: RunConfig, split: str = "train", report: Callable[[str], None] | None = None) -> ClipDataset:
+    """The dataset a run config names (Moving MNIST, or a folder of videos or images; `report` hears what it holds)."""
     m, t = config.model, config.train
     if t.dataset == "moving-mnist":
-        size = 32 if t.mnist_downsample else 64
+        if t.image_dataset:
+            raise TrainingError("train.image_dataset needs a folder dataset, not moving-mnist")
+        # Area-downsampled to 32x32 (16x16 for the tiny test model), or native 64x64.
+        size = (16 if (m.height, m.width) == (16, 16) else 32) if t.mnist_downsample else 64
         if (m.height, m.width) != (size, size) or m.channels != 1:
             raise TrainingError(f"moving-mnist gives 1x{size}x{size} frames; the model is {m.channels}x{m.height}x{m.width}")
         return MovingMNIST(frames=m.frames, size=size, split=split, seed=t.seed)
     from vdgen.data_folders import folder_dataset
 
-    return folder_dataset(Path(t.dataset), m, t)
+    return folder_dataset(Path(t.dataset), m, t, report)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -225,16 +228,20 @@ def train(
     """Train (or resume) the run in `run_dir` until config.train.steps (or max_steps more steps)."""
     callbacks = callbacks or TrainCallbacks()
     run_dir = Path(run_dir)
-    config = _prepare_run_dir(run_dir, config, resume)
-    t = config.train
     dist = dist_info()
+    config = _prepare_run_dir(run_dir, config, resume, write=dist.is_main)
+    if resume and dist.is_main:
+        _remove_stale_temporaries(run_dir)
+    t = config.train
     if dist.world > 1:
         import torch.distributed as torch_dist
 
-        backend = "nccl" if device.startswith("cuda") else "gloo"
+        # gloo beside NCCL: the precision and stop flags are CPU tensors.
+        backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
         torch_dist.init_process_group(backend)
         if device.startswith("cuda"):
             device = f"cuda:{dist.local_rank}"
+            torch.cuda.set_device(device)
     dev = torch.device(device)
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -243,14 +250,14 @@ def train(
         precision = _agree_on_precision(precision)
 
     state = load_state(run_dir, config, dev) if resume and (run_dir / "state.safetensors").exists() else new_state(config, dev)
-    if resume and state.step == 0 and callbacks.on_message:
+    if resume and state.step == 0 and callbacks.on_message and dist.is_main:
         callbacks.on_message(f"no saved state in {run_dir}; starting from step 0")
     model: nn.Module = state.net
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(state.net)
-    dataset = make_dataset(config)
+    dataset = make_dataset(config, report=callbacks.on_message if dist.is_main else None)
     last_step = t.steps if max_steps is None else min(t.steps, state.step + max_steps)
     if callbacks.on_message and dist.is_main:
         callbacks.on_message(f"training {run_dir} from step {state.step} to {last_step} ({precision}, {torch.get_num_threads()} threads)")
@@ -261,7 +268,7 @@ def train(
     last_save = started
     window_start, window_samples = time.monotonic(), 0
     try:
-        while state.step < last_step and stop.signal is None:
+        while state.step < last_step and not _stop_requested(stop, dist):
             loss = _train_step(model, state, config, dataset, dist, dev, precision)
             if not math.isfinite(loss):
                 raise TrainingError(
@@ -298,10 +305,10 @@ def train(
 
 
 def _train_step(
-    model: nn.Module, state: TrainState, config: RunConfig, dataset: MovingMNIST, dist: DistInfo,
+    model: nn.Module, state: TrainState, config: RunConfig, dataset: ClipDataset, dist: DistInfo,
     device: torch.device, precision: str,
 ) -> float:
-    """One optimisation step; returns the (rank-local) loss."""
+    """One optimisation step; returns the loss (under DDP its mean over ranks)."""
     t = config.train
     seed = step_seed(t.seed, dist.rank, state.step)
     generator = torch.Generator().manual_seed(seed)
@@ -319,15 +326,16 @@ def _train_step(
     )
     with autocast:
         loss = training_loss(model, config.diffusion, x, generator, image_mask)
-    if not torch.isfinite(loss):
-        return float(loss.detach())
+    reported = _mean_over_ranks(loss.detach(), dist)
+    if not math.isfinite(reported):
+        return reported  # every rank sees it, so all skip the backward and stop together
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if t.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(state.net.parameters(), t.grad_clip)
     state.optimizer.step()
     update_ema(state.ema, state.net, t.ema_decay)
-    return float(loss.detach())
+    return reported
 
 
 def _checkpoint(run_dir: Path, state: TrainState, config: RunConfig, dist: DistInfo, started: float, callbacks: TrainCallbacks) -> None:
@@ -340,7 +348,8 @@ def _checkpoint(run_dir: Path, state: TrainState, config: RunConfig, dist: DistI
         callbacks.on_checkpoint(state.step, path)
 
 
-def _prepare_run_dir(run_dir: Path, config: RunConfig | None, resume: bool) -> RunConfig:
+def _prepare_run_dir(run_dir: Path, config: RunConfig | None, resume: bool, write: bool = True) -> RunConfig:
+    """Check run_dir against `resume` and return the run's config; write config.json when `write` (rank 0)."""
     config_path = run_dir / "config.json"
     if resume:
         if not config_path.exists():
@@ -349,21 +358,31 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig | None, resume: bool) -> R
         if config is not None and config != saved:
             if config.model != saved.model or config.diffusion != saved.diffusion:
                 raise TrainingError(f"cannot resume {run_dir} with a different model or diffusion config")
-            write_text_atomic(config_path, json.dumps(to_dict(config), indent=2) + "\n")
+            if write:
+                write_text_atomic(config_path, json.dumps(to_dict(config), indent=2) + "\n")
             return config
         return saved
     if config is None:
         raise TrainingError("a new run needs a config")
     if (run_dir / "state.safetensors").exists():
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(config_path, json.dumps(to_dict(config), indent=2) + "\n")
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(config_path, json.dumps(to_dict(config), indent=2) + "\n")
     return config
 
 
 def _append_log(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / "log.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of atomic writes a killed run left behind (never renamed into place)."""
+    patterns = [f".{name}.*.tmp*" for name in ("state.safetensors", "model.safetensors", "config.json", "loss.png")]
+    for pattern in [*patterns, ".tmp??????"]:  # the last: safetensors' own temporary file inside save_file
+        for stale in run_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
 
 
 def _write_samples(run_dir: Path, state: TrainState, config: RunConfig, callbacks: TrainCallbacks) -> None:
@@ -390,6 +409,30 @@ def _write_loss_plot(run_dir: Path, state: TrainState) -> None:
     except ImportError:
         return
     loss_curve_png(run_dir / "loss.png", state.losses)
+
+
+def _mean_over_ranks(loss: torch.Tensor, dist: DistInfo) -> float:
+    """The scalar loss, averaged over ranks under DDP (for the log and the non-finite check)."""
+    if dist.world == 1:
+        return float(loss)
+    import torch.distributed as torch_dist
+
+    total = loss.float().reshape(1).clone()
+    torch_dist.all_reduce(total)
+    return float(total) / dist.world
+
+
+def _stop_requested(stop: _StopFlag, dist: DistInfo) -> bool:
+    """Whether to stop before the next step; under DDP a signal on any rank stops all at the same step."""
+    if dist.world == 1:
+        return stop.signal is not None
+    import torch.distributed as torch_dist
+
+    flag = torch.tensor([0 if stop.signal is None else 1])
+    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+    if int(flag) and stop.signal is None:
+        stop.signal = signal.SIGTERM
+    return bool(int(flag))
 
 
 def _agree_on_precision(precision: str) -> str:

@@ -202,9 +202,11 @@ class _open_input:
                 raise VideoInputError(f"{path}: file is empty")
             # max_pixels also makes libav's probing refuse to decode an oversized first frame.
             options = {} if self.max_pixels is None else {"max_pixels": str(self.max_pixels)}
-            self.container = av.open(str(path), "r", options=options, metadata_errors="replace")
+            self.container, libav_error = _open_logged(path, options)
         except (av.FFmpegError, *_READ_ERRORS) as exc:
             raise VideoInputError(f"{path}: not a readable video file ({_reason(exc)})") from None
+        if self.container is None:
+            raise VideoInputError(f"{path}: not a readable video file ({libav_error})")
         try:
             return self.container, self._video_stream()
         except BaseException:
@@ -219,6 +221,8 @@ class _open_input:
             raise VideoInputError(f"{self.path}: not a video file (no video stream{only})")
         stream = streams.video[0]
         context = stream.codec_context
+        if context is None:  # libav knows no decoder for the stream's codec tag
+            raise VideoInputError(f"{self.path}: unknown or unsupported video codec")
         if self.max_pixels is not None:
             if context.width * context.height > self.max_pixels:
                 raise _too_large(self.path, context.width, context.height, self.max_pixels)
@@ -288,6 +292,25 @@ def _exact_colour_flags() -> int:
         | Interpolation.FULL_CHR_H_INT
         | Interpolation.FULL_CHR_H_INP
     )
+
+
+def _open_logged(path: Path, options: dict[str, str]) -> tuple[Any, str]:
+    """(av.open's container, "") or (None, reason): libav's own error line when it logged one during
+    this open, which says more than its error code ("Picture size 30000x30000 is invalid" vs EBUSY)."""
+    import av
+    import av.logging
+
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture() as logs:  # Capture also keeps libav's lines off stderr
+            try:
+                return av.open(str(path), "r", options=options, metadata_errors="replace"), ""
+            except av.FFmpegError as exc:
+                lines = [message for log_level, _, message in logs if log_level <= av.logging.ERROR and message.strip()]
+                return None, " ".join(lines[-1].split()) if lines else _reason(exc)
+    finally:
+        av.logging.set_level(level)
 
 
 def _reason(exc: BaseException) -> str:

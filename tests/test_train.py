@@ -1,0 +1,150 @@
+"""The training loop (vdgen.train): exact resume, run-folder rules, logs, export, EMA, joint training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vdgen.train as train_module
+from vdgen.checkpoint import load_model
+from vdgen.cli import main
+from vdgen.config import RunConfig, preset
+from vdgen.errors import TrainingError
+from vdgen.train import TrainCallbacks, learning_rate, train, update_ema
+from vdgen.video import write_png, write_video
+
+
+def tiny(**train_changes) -> RunConfig:
+    config = preset("tiny")
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **train_changes))
+
+
+def log_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), "weights differ"
+
+
+@pytest.fixture
+def masks_seen(monkeypatch) -> list[torch.Tensor | None]:
+    """The image_mask of every training forward pass, recorded on the network itself."""
+    seen: list[torch.Tensor | None] = []
+    real = train_module.build_network
+
+    def spied(*args, **kwargs):
+        net = real(*args, **kwargs)
+        net.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[2] if len(inputs) > 2 else None))
+        return net
+
+    monkeypatch.setattr(train_module, "build_network", spied)
+    return seen
+
+
+def test_stop_and_resume_matches_an_uninterrupted_run(tmp_path):
+    config = tiny(steps=6)
+    whole = train(tmp_path / "whole", config)
+    first = train(tmp_path / "split", config, max_steps=3)
+    assert first.step == 3
+    resumed = train(tmp_path / "split", None, resume=True)
+    assert resumed.step == whole.step == 6
+    assert resumed.losses == whole.losses
+    assert_same_weights(resumed.net, whole.net)
+    assert_same_weights(resumed.ema, whole.ema)
+    assert [r["loss"] for r in log_records(tmp_path / "split")] == [r["loss"] for r in log_records(tmp_path / "whole")]
+
+
+def test_resume_with_another_model_is_an_error(tmp_path):
+    train(tmp_path / "run", tiny(steps=1))
+    other = dataclasses.replace(tiny(steps=2), model=dataclasses.replace(tiny().model, base_width=8))
+    with pytest.raises(TrainingError, match="different model"):
+        train(tmp_path / "run", other, resume=True)
+    with pytest.raises(TrainingError, match="cannot resume"):
+        train(tmp_path / "nothing", None, resume=True)
+
+
+def test_a_new_run_does_not_overwrite_an_old_one(tmp_path):
+    train(tmp_path / "run", tiny(steps=1))
+    with pytest.raises(TrainingError, match="--resume"):
+        train(tmp_path / "run", tiny(steps=1))
+
+
+def test_log_export_and_loss_plot(tmp_path):
+    config = tiny(steps=3, warmup_steps=4, lr=1e-3)
+    state = train(tmp_path / "run", config)
+    records = log_records(tmp_path / "run")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["loss"] for r in records] == state.losses
+    assert [r["lr"] for r in records] == pytest.approx([2.5e-4, 5e-4, 7.5e-4])
+    loaded = load_model(tmp_path / "run" / "model.safetensors")
+    assert loaded.model_config == config.model and loaded.provenance["weights"] == "ema"
+    assert_same_weights(loaded.net, state.ema)
+    assert any(not torch.equal(a, b) for a, b in zip(state.ema.parameters(), state.net.parameters()))
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+
+
+def test_warm_up_learning_rate():
+    assert [learning_rate(s, 1e-3, 4) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert learning_rate(0, 1e-3, 0) == 1e-3
+
+
+def test_ema_update_formula():
+    torch.manual_seed(0)
+    net, ema = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)), nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    net(torch.randn(8, 3))  # moves the running statistics (buffers)
+    before = [p.detach().clone() for p in ema.parameters()]
+    update_ema(ema, net, decay=0.9)
+    for e, b, p in zip(ema.parameters(), before, net.parameters()):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p.detach())
+    for e, b in zip(ema.buffers(), net.buffers()):
+        assert torch.equal(e, b)
+
+
+def test_joint_training_mask_reaches_the_network(tmp_path, masks_seen):
+    train(tmp_path / "run", tiny(steps=2, image_frames=2))
+    assert len(masks_seen) == 2
+    for mask in masks_seen:
+        assert mask.tolist() == [[False] * 4 + [True] * 2] * 2
+
+
+def test_cli_train(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(run), "--preset", "tiny", "--steps", "2"])
+    assert info.value.code == 0
+    assert [r["step"] for r in log_records(run)] == [1, 2]
+    assert load_model(run / "model.safetensors").provenance["steps"] == 2
+
+
+def test_training_on_a_folder_of_videos(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, frames in (("a.mp4", 8), ("b.gif", 6), ("c.mp4", 3)):
+        write_video(folder / name, rng.integers(0, 256, (frames, 20, 24, 3), dtype=np.uint8), 10)
+    messages: list[str] = []
+    state = train(tmp_path / "run", tiny(steps=2, dataset=str(folder), image_frames=1, frame_skip=2),
+                  callbacks=TrainCallbacks(on_message=messages.append))
+    assert state.step == 2 and all(np.isfinite(state.losses))
+    assert any("3 video clips" in m for m in messages)
+    assert load_model(tmp_path / "run" / "model.safetensors").provenance["dataset"] == str(folder)
+
+
+def test_training_on_a_folder_of_images_is_image_only(tmp_path, masks_seen):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_png(folder / f"{i}.png", rng.integers(0, 256, (20, 28, 3), dtype=np.uint8))
+    state = train(tmp_path / "run", tiny(steps=2, dataset=str(folder)))
+    assert state.step == 2 and all(np.isfinite(state.losses))
+    assert len(masks_seen) == 2 and all(mask is not None and bool(mask.all()) for mask in masks_seen)
