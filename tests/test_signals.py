@@ -85,7 +85,7 @@ def saved_step(run: Path, config) -> int:
 
 def test_training_killed_and_interrupted_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, capsys):
     """SIGKILL three times at seeded random moments, then Ctrl-C, resuming each time; then finish."""
-    steps = 12
+    steps = 16  # headroom: four interruptions advance at most 4 steps each
     config = train_config(steps=steps)
     config_file = write_config(tmp_path / "run.json", config)
     reference = tmp_path / "reference"
@@ -99,10 +99,11 @@ def test_training_killed_and_interrupted_resumes_to_the_weights_of_an_uninterrup
         try:
             started = cli.wait_for(r"training .* from step (\d+) to")
             assert int(started.group(1)) == step, "resume did not start from the last checkpoint"
-            # A random 0-0.3 s after a random one of the next two steps: mid-step or mid-save.
+            # Right after "step k" (k one or two steps on) or after its "saved" line, plus 0-50 ms: that
+            # lands mid-save or mid-step.
             target = step + rng.randint(1, 2)
-            cli.wait_for(rf"^step {target}/{steps} ")
-            time.sleep(rng.uniform(0.0, 0.3))
+            cli.wait_for(rf"^step {target}/{steps} " if rng.random() < 0.5 else rf"^saved .* at step {target}$")
+            time.sleep(rng.uniform(0.0, 0.05))
             assert cli.process.poll() is None, "training ended before the signal"
             cli.send(signal.SIGKILL if attempt < 3 else signal.SIGINT)
             code, stderr = cli.finish()

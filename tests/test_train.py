@@ -148,3 +148,31 @@ def test_training_on_a_folder_of_images_is_image_only(tmp_path, masks_seen):
     state = train(tmp_path / "run", tiny(steps=2, dataset=str(folder)))
     assert state.step == 2 and all(np.isfinite(state.losses))
     assert len(masks_seen) == 2 and all(mask is not None and bool(mask.all()) for mask in masks_seen)
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward, infinite gradient backward: a finite loss whose gradient is not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_an_infinite_gradient_stops_before_the_weights_change(tmp_path, monkeypatch):
+    config = tiny(steps=4)
+    train(tmp_path / "run", config, max_steps=2)
+    saved = {k: v.clone() for k, v in load_model(tmp_path / "run" / "model.safetensors").net.state_dict().items()}
+    real_loss = train_module.training_loss
+
+    def poisoned(net, diffusion, x, generator, image_mask=None):
+        return _InfiniteGradient.apply(real_loss(net, diffusion, x, generator, image_mask))
+
+    monkeypatch.setattr(train_module, "training_loss", poisoned)
+    with pytest.raises(TrainingError, match="gradient norm became (inf|nan) at step 3"):
+        train(tmp_path / "run", None, resume=True)
+    after = load_model(tmp_path / "run" / "model.safetensors").net.state_dict()
+    assert all(torch.equal(saved[k], after[k]) for k in saved)

@@ -331,8 +331,13 @@ def _train_step(
         return reported  # every rank sees it, so all skip the backward and stop together
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if t.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(state.net.parameters(), t.grad_clip)
+    # Clip (or, with grad_clip 0, only measure) the gradient norm; a non-finite one would poison the weights.
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.net.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+    if not torch.isfinite(grad_norm):
+        raise TrainingError(
+            f"gradient norm became {float(grad_norm)} at step {state.step + 1}; stopped before updating the weights, "
+            "keeping the last good checkpoint"
+        )
     state.optimizer.step()
     update_ema(state.ema, state.net, t.ema_decay)
     return reported
