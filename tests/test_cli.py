@@ -136,6 +136,7 @@ def test_overwrite(cli, tiny_checkpoint, tmp_path):
         (["-n", "0"], "--num"),
         (["--fps", "0"], "--fps"),
         (["--frames", "34"], "--frames"),
+        (["--frames", "0"], "--frames"),  # not silently the model's frame count
         (["--device", "tpu"], "--device"),
     ],
 )
@@ -215,6 +216,7 @@ def test_extend_errors(cli, tiny_checkpoint, tmp_path):
     fails(cli, tmp_path, *run, "--frames", "8", "-o", "x.mp4", expect="--frames 8")  # fewer than the clip's 12 frames
     fails(cli, tmp_path, *run, "--frames", "16", "-o", "x.avi", expect=".avi")
     fails(cli, tmp_path, *run, "--frames", "16", "--context", "4", "-o", "x.mp4", expect="context")
+    fails(cli, tmp_path, *run, "--frames", "16", "--context", "0", "-o", "x.mp4", expect="--context")  # not the default
     fails(cli, tmp_path, "extend", tmp_path / "missing.mp4", "-c", tiny_checkpoint, "-o", "x.mp4", expect="missing.mp4")
     fails(cli, tmp_path, "interpolate", GIF, "-c", tiny_checkpoint, "--factor", "1", "-o", "x.mp4", expect="--factor")
     fails(cli, tmp_path, "interpolate", GIF, "-c", tiny_checkpoint, "--factor", "4", "-o", "x.mp4", expect="window")

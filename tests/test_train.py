@@ -176,3 +176,34 @@ def test_an_infinite_gradient_stops_before_the_weights_change(tmp_path, monkeypa
         train(tmp_path / "run", None, resume=True)
     after = load_model(tmp_path / "run" / "model.safetensors").net.state_dict()
     assert all(torch.equal(saved[k], after[k]) for k in saved)
+
+
+def test_training_samples_are_drawn_on_the_models_device(tmp_path, monkeypatch):
+    # A model trained on a GPU must be sampled there: sample_videos' default device is the CPU.
+    import vdgen.generate
+
+    seen = {}
+    real = vdgen.generate.sample_videos
+
+    def spy(net, *args, **kwargs):
+        seen["device"] = kwargs.get("device", "cpu (default)")
+        seen["net_device"] = next(net.parameters()).device
+        return real(net, *args, **kwargs)
+
+    monkeypatch.setattr(vdgen.generate, "sample_videos", spy)
+    train(tmp_path / "run", tiny(steps=1, sample_every=1, sample_steps=1))
+    assert (tmp_path / "run" / "samples" / "step_0000001.png").exists()
+    assert seen["device"] == seen["net_device"]
+
+
+def test_resume_drops_log_lines_of_steps_the_state_lost(tmp_path):
+    # A run killed after logging step k but before saving it logs k again on resume: keep one line per step.
+    run = tmp_path / "run"
+    train(run, tiny(steps=5), max_steps=2)
+    with open(run / "log.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"step": 3, "loss": 9.0, "lr": 0.0, "samples_per_s": 0.0}) + "\n")
+        handle.write('{"step": 4, "lo')  # a line cut short by the kill
+    train(run, None, resume=True)
+    records = log_records(run)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert 9.0 not in [r["loss"] for r in records]

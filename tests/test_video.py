@@ -198,6 +198,25 @@ def test_png_folder_rewrite_drops_stale_frames(tmp_path):
     assert len(read_video(tmp_path / "frames")[0]) == 2
 
 
+def test_interrupted_png_folder_rewrite_keeps_the_earlier_folder(tmp_path, monkeypatch):
+    first = moving_frames(4)
+    write_video(tmp_path / "frames", first, fps=8)
+    calls = []
+    real = video.write_png
+
+    def interrupted(path, image):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(path, image)
+
+    monkeypatch.setattr(video, "write_png", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_video(tmp_path / "frames", moving_frames(3), fps=8)
+    assert np.array_equal(read_video(tmp_path / "frames")[0], first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]  # no staging folder left
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".gif", ""])
 def test_one_channel_input(tmp_path, suffix):
     gray = moving_frames(3, channels=1)

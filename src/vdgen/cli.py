@@ -189,10 +189,9 @@ def resolve_seed(seed: Optional[int]) -> int:
 
 
 def resolve_precision(precision: Precision, device: str) -> str:
-    from vdgen.precision import resolve_precision as resolve
+    from vdgen import precision as precision_module
 
-    return resolve(precision.value, device)
-
+    return precision_module.resolve_precision(precision.value, device)
 
 # ---------------------------------------------------------------- options shared by several commands
 
@@ -239,7 +238,7 @@ def generate(
     sampler: SamplerOpt = Sampler.ancestral,
     num: Annotated[int, typer.Option("--num", "-n", min=1, max=10_000, help="Number of videos (seeds seed, seed+1, ...).")] = 1,
     seed: SeedOpt = None,
-    frames: Annotated[Optional[int], typer.Option("--frames", help="Frames per video (default: the model's).")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames per video (default: the model's).")] = None,
     fps: FpsOpt = 8.0,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.fp32,
@@ -403,7 +402,7 @@ def extend(
     clip: ClipArg,
     frames: Annotated[int, typer.Option("--frames", help="Total frames in the output, the clip's own frames included.")] = 64,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .mp4, .gif or folder.")] = Path("extended.mp4"),
-    context: Annotated[Optional[int], typer.Option("--context", help="Frames of each window kept as known context x^a (default: half the model's window).")] = None,
+    context: Annotated[Optional[int], typer.Option("--context", min=1, help="Frames of each window kept as known context x^a (default: half the model's window).")] = None,
     checkpoint: CheckpointOpt = None,
     method: MethodOpt = Method.guidance,
     guidance_weight: WeightOpt = 5.0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -13,18 +12,12 @@ from vdgen.config import DiffusionConfig, ModelConfig
 from vdgen.diffusion import Denoiser
 from vdgen.errors import ConfigError
 from vdgen.frames import from_model
+from vdgen.precision import autocast
 from vdgen.sampling import SAMPLERS, sample
 
 DEFAULT_SAMPLER = "ancestral"
 DEFAULT_STEPS = 256
 SAMPLE_BATCH = 8
-
-
-def autocast_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for 'bf16'; nothing for 'fp32'."""
-    if precision == "bf16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class PrecisionDenoiser:
@@ -34,7 +27,7 @@ class PrecisionDenoiser:
         self.denoiser, self.precision, self.device = denoiser, precision, device
 
     def __call__(self, z_t: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
-        with autocast_context(self.precision, self.device):
+        with autocast(self.precision, self.device):
             return self.denoiser(z_t, logsnr).float()
 
 

@@ -65,11 +65,18 @@ class ResBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """h [B*F, C, H, W]; cond [B*F, cond_dim] (already SiLU-ed and repeated per frame)."""
-        x = self.conv1(F.silu(self.norm1(h)))
-        scale, shift = self.film(cond)[:, :, None, None].chunk(2, dim=1)
-        x = self.norm2(x) * (1 + scale) + shift
-        x = self.conv2(self.dropout(F.silu(x)))
-        return self.skip(h) + x
+        # SiLU in place only without autograd: its backward needs its input.
+        inplace = not torch.is_grad_enabled()
+        x = self.conv1(F.silu(self.norm1(h), inplace=inplace))
+        scale, shift = self.film(cond).chunk(2, dim=1)  # [B*F, C] each
+        # FiLM folded into norm2's affine, one pass over x instead of three:
+        # (GN(x) gamma + beta)(1 + scale) + shift = GN(x) [gamma (1 + scale)] + [beta (1 + scale) + shift].
+        gain = 1 + scale
+        weight = (self.norm2.weight * gain)[:, :, None, None]
+        bias = torch.addcmul(shift, self.norm2.bias, gain)[:, :, None, None]
+        x = torch.addcmul(bias, F.group_norm(x, self.norm2.num_groups, eps=self.norm2.eps), weight)
+        x = self.conv2(self.dropout(F.silu(x, inplace=inplace)))
+        return x.add_(self.skip(h))  # conv2's output is fresh and its backward does not need it
 
 
 class SpatialAttention(nn.Module):
@@ -134,9 +141,18 @@ class TemporalAttention(nn.Module):
         n, c, height, width = h.shape
         tokens = rearrange(self.norm(h), "(b f) c h w -> b (h w) f c", f=frames)
         q, k, v = rearrange(self.qkv(tokens), "b l f (three m d) -> three b l m f d", three=3, m=self.heads)
-        bias = self.attention_bias(frames, image_mask, q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = self.proj(rearrange(out, "b l m f d -> b l f (m d)"))
+        bias = self.attention_bias(frames, image_mask, q.dtype)  # [B or 1, 1, heads, F, F]
+        if torch.is_grad_enabled():
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(2, 3)  # [B, L, F, heads, d]
+        else:
+            # The fused kernel takes only 4-D inputs (a 5-D call runs the unfused path, copying q, k
+            # and v), so without autograd attend one sample at a time on strided views of qkv.
+            outs = [
+                F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=bias[i if bias.shape[0] > 1 else 0]).transpose(1, 2)
+                for i in range(q.shape[0])
+            ]
+            out = torch.stack(outs) if len(outs) > 1 else outs[0][None]
+        out = self.proj(out.flatten(3))
         return h + rearrange(out, "b (h w) f c -> (b f) c h w", h=height, w=width)
 
 

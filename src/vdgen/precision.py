@@ -9,6 +9,7 @@ GPU supports it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -105,3 +106,10 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
     if name == "auto":
         return "bf16" if bf16_is_faster(device) else "fp32"
     return name
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` for precision 'bf16'; a no-op context for 'fp32'."""
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -13,7 +13,7 @@ Batches and noise are pure functions of (seed, rank, step), so a resumed run con
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -32,6 +32,7 @@ from vdgen.config import RunConfig, from_dict, load_run_config, to_dict
 from vdgen.data import ClipDataset, MovingMNIST, make_batch
 from vdgen.diffusion import training_loss
 from vdgen.errors import TrainingError
+from vdgen.precision import autocast, resolve_precision
 
 STATE_FORMAT = "vdgen-train-state"
 
@@ -138,9 +139,20 @@ def load_state(run_dir: Path, config: RunConfig, device: torch.device) -> TrainS
     tensors, meta = load_tensors(path)
     if meta.get("format") != STATE_FORMAT:
         raise TrainingError(f"{path}: not a vdgen training state")
-    saved = from_dict(RunConfig, json.loads(meta["config"]), "config")
+    try:
+        saved = from_dict(RunConfig, json.loads(meta["config"]), "config")
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{path}: training state has no readable config") from exc
     if saved.model != config.model or saved.diffusion != config.diffusion:
         raise TrainingError(f"{path}: was trained with a different model or diffusion config than {run_dir / 'config.json'}")
+    try:
+        return _restore_state(tensors, meta, config, device)
+    except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"{path}: damaged training state ({reason[:200]})") from exc
+
+
+def _restore_state(tensors: dict[str, torch.Tensor], meta: dict[str, str], config: RunConfig, device: torch.device) -> TrainState:
     state = new_state(config, device)
     state.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     state.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
@@ -187,15 +199,6 @@ def make_dataset(config: RunConfig, split: str = "train", report: Callable[[str]
     from vdgen.data_folders import folder_dataset
 
     return folder_dataset(Path(t.dataset), m, t, report)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' means bf16 only where a quick measurement says it is faster (see vdgen.precision)."""
-    if precision != "auto":
-        return precision
-    from vdgen.precision import bf16_is_faster
-
-    return "bf16" if bf16_is_faster(device) else "fp32"
 
 
 def dist_info() -> DistInfo:
@@ -248,8 +251,16 @@ def train(
     precision = resolve_precision(t.precision, dev)
     if dist.world > 1:
         precision = _agree_on_precision(precision)
+    if t.precision == "auto":
+        # Pin what "auto" chose in config.json, so a resumed run never flips between fp32 and bf16.
+        config = dataclasses.replace(config, train=dataclasses.replace(t, precision=precision))
+        t = config.train
+        if dist.is_main:
+            write_text_atomic(run_dir / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
 
     state = load_state(run_dir, config, dev) if resume and (run_dir / "state.safetensors").exists() else new_state(config, dev)
+    if resume and dist.is_main:
+        _drop_log_records_after(run_dir, state.step)
     if resume and state.step == 0 and callbacks.on_message and dist.is_main:
         callbacks.on_message(f"no saved state in {run_dir}; starting from step 0")
     model: nn.Module = state.net
@@ -321,10 +332,7 @@ def _train_step(
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     model.train()
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    )
-    with autocast:
+    with autocast(precision, device):
         loss = training_loss(model, config.diffusion, x, generator, image_mask)
     reported = _mean_over_ranks(loss.detach(), dist)
     if not math.isfinite(reported):
@@ -382,6 +390,24 @@ def _append_log(run_dir: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def _drop_log_records_after(run_dir: Path, step: int) -> None:
+    """On resume, drop log lines of steps after the saved `step` (a killed run logged them, then lost them)."""
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the kill
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Delete the temporary files of atomic writes a killed run left behind (never renamed into place)."""
     patterns = [f".{name}.*.tmp*" for name in ("state.safetensors", "model.safetensors", "config.json", "loss.png")]
@@ -392,14 +418,13 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 
 def _write_samples(run_dir: Path, state: TrainState, config: RunConfig, callbacks: TrainCallbacks) -> None:
     """A contact sheet of 4 EMA samples (seeds 0..3) at this step."""
-    try:
-        from vdgen.generate import sample_videos
-        from vdgen.video import contact_sheet, write_png
-    except ImportError:
-        return
+    from vdgen.generate import sample_videos
+    from vdgen.video import contact_sheet, write_png
 
+    # Sample where the EMA lives: sample_videos defaults to the CPU, which fails for a model on a GPU.
     frames = sample_videos(
-        state.ema, config.model, config.diffusion, seeds=[0, 1, 2, 3], steps=config.train.sample_steps, sampler="ddim"
+        state.ema, config.model, config.diffusion, seeds=[0, 1, 2, 3], steps=config.train.sample_steps, sampler="ddim",
+        device=next(state.ema.parameters()).device,
     )
     (run_dir / "samples").mkdir(exist_ok=True)
     path = run_dir / "samples" / f"step_{state.step:07d}.png"
@@ -409,10 +434,8 @@ def _write_samples(run_dir: Path, state: TrainState, config: RunConfig, callback
 
 
 def _write_loss_plot(run_dir: Path, state: TrainState) -> None:
-    try:
-        from vdgen.plot import loss_curve_png
-    except ImportError:
-        return
+    from vdgen.plot import loss_curve_png
+
     loss_curve_png(run_dir / "loss.png", state.losses)
 
 

@@ -17,7 +17,7 @@ caller's decision (`vdgen.atomic.check_writable`).
 from __future__ import annotations
 
 import math
-import re
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -36,7 +36,6 @@ VIDEO_SUFFIXES = (".mp4", ".gif")
 MAX_BAD_PACKETS = 64
 # The errors reading a file can raise; av.FFmpegError covers every PyAV error.
 _READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, UnicodeError)
-_FRAME_NAME = re.compile(r"frame_(\d+)\.png")
 
 
 @dataclass(frozen=True)
@@ -328,7 +327,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:
     `.mp4`: H.264 yuv420p (BT.709 tagged, faststart) for browsers; an odd width or height is
     padded to even by repeating the last column/row, so such a clip reads back 1 pixel larger.
     `.gif`: one 256-colour palette for the whole clip, frame delays from `fps` (rounded to 1/100 s).
-    A path without a suffix, or an existing folder: `frame_0000.png`, ... (each PNG atomic).
+    A path without a suffix, or an existing folder: `frame_0000.png`, ... (the folder replaced as a whole).
     """
     path = Path(path)
     frames = _check_frames(frames)
@@ -448,19 +447,45 @@ def _encode_gif(tmp: Path, frames: np.ndarray, rate: Fraction) -> None:
 
 
 def _write_png_folder(folder: Path, frames: np.ndarray) -> None:
-    """Write frame_0000.png, ... into `folder` (created if missing); drop stale later frames."""
+    """Write frame_0000.png, ... as a whole folder: built beside `folder`, then renamed into place.
+
+    An interrupted write leaves any earlier folder as it was; a replaced folder is swapped out in
+    one rename and only then deleted, so the frames on disk are never a mix of two clips.
+    """
+    import shutil
+    import tempfile
+
+    parent = folder.parent if str(folder.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write {folder}: it exists and is not a folder")
     try:
-        folder.mkdir(exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=parent))
     except OSError as exc:
         raise OutputError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
-    digits = max(4, len(str(len(frames) - 1)))
-    for index, image in enumerate(frames):
-        write_png(folder / f"frame_{index:0{digits}d}.png", image)
-    # Frames left from an earlier, longer clip would otherwise read back as part of this one.
-    for old in folder.glob("frame_*.png"):
-        match = _FRAME_NAME.fullmatch(old.name)
-        if match and int(match.group(1)) >= len(frames):
-            old.unlink(missing_ok=True)
+    old: Path | None = None
+    try:
+        staging.chmod(0o777 & ~_umask())
+        digits = max(4, len(str(len(frames) - 1)))
+        for index, image in enumerate(frames):
+            write_png(staging / f"frame_{index:0{digits}d}.png", image)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=parent))
+            os.rename(folder, old / folder.name)
+        os.rename(staging, folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write {folder}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            if not folder.exists() and (old / folder.name).exists():
+                os.rename(old / folder.name, folder)  # put the earlier folder back
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
