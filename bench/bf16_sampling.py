@@ -23,8 +23,8 @@ from extend_memory import REPO, find_checkpoint
 from flops import print_header, set_threads
 from vdgen.config import DiffusionConfig, ModelConfig
 from vdgen.diffusion import training_loss
-from vdgen.generate import autocast_context, sample_videos
-from vdgen.precision import BF16_MIN_SPEEDUP, cpu_has_amx, measure_bf16_speedup, resolve_precision
+from vdgen.generate import sample_videos
+from vdgen.precision import BF16_MIN_SPEEDUP, autocast, cpu_has_amx, measure_bf16_speedup, resolve_precision
 from vdgen.unet import UNet3D
 
 
@@ -59,7 +59,7 @@ def time_training(model_config: ModelConfig, diffusion_config: DiffusionConfig, 
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        with autocast_context(precision, "cpu"):
+        with autocast(precision, "cpu"):
             loss = training_loss(net, diffusion_config, x, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,8 +7,9 @@ paper-shaped config (base 128, multipliers (1, 2, 4, 8), 2 res blocks, attention
 dim 64), each at 16x32x32 and 16x64x64, batch 1. The config is built for each frame size, so its
 attention sits at the resolutions it names. The paper config is large: it is timed once (one warm
 run), within --budget-s. --levers times the shipped choices against their alternatives on the
-default config (channels-last vs contiguous, fused vs hand-written attention, optionally
-torch.compile), interleaved so that load drifts hit both alike.
+default config (fp32 channels-last vs NCHW, fused vs hand-written attention, bf16 NCHW vs
+channels-last, glibc malloc thresholds, optionally torch.compile), interleaved so that load
+drifts hit both alike.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -24,14 +28,18 @@ import torch.nn.functional as F
 
 from flops import count_flops, format_breakdown, matmul_peak_gflops, print_header, set_threads, time_call
 from vdgen.config import ModelConfig
-from vdgen.layers import SpatialAttention, TemporalAttention
-from vdgen.unet import UNet3D, count_parameters
+from vdgen.layers import Downsample, ResBlock, SpatialAttention, TemporalAttention, Upsample
+from vdgen.precision import cpu_has_amx
+from vdgen.unet import AttentionPair, UNet3D, count_parameters
 
 DEFAULT = ModelConfig(dropout=0.0)
 PAPER = ModelConfig(
     base_width=128, multipliers=(1, 2, 4, 8), res_blocks=2, attention_resolutions=(32, 16, 8), heads=2, dropout=0.0
 )
 PAPER_HEAD_DIM = 64
+# glibc frees and re-faults the activations' pages on every forward (its heap is trimmed, large
+# blocks are mmap-ed); fixing both thresholds keeps the pages. Measured as a lever, not shipped.
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def paper_network(config: ModelConfig) -> UNet3D:
@@ -86,32 +94,70 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def force_layout(net: UNet3D, memory_format: torch.memory_format) -> UNet3D:
+    """`net` with every block's input converted to `memory_format` (forward pre-hooks; bench only)."""
+    for module in net.modules():
+        if isinstance(module, (ResBlock, AttentionPair, Downsample, Upsample)):
+            module.register_forward_pre_hook(lambda mod, args: (args[0].contiguous(memory_format=memory_format), *args[1:]))
+    return net
+
+
+def copy_of(net: UNet3D) -> UNet3D:
+    twin = UNet3D(net.config).eval()
+    twin.load_state_dict(net.state_dict())
+    return twin
+
+
+def time_child(env: dict[str, str], threads: int, repeats: int) -> float:
+    """Median ms of the default forward (1x1x16x32x32) in a fresh process with extra environment `env`."""
+    code = (
+        "import statistics, time, torch; from vdgen.unet import UNet3D; from vdgen.config import ModelConfig\n"
+        f"torch.set_num_threads({threads}); net = UNet3D(ModelConfig(dropout=0.0)).eval()\n"
+        "x = torch.randn(1, 1, 16, 32, 32); s = torch.zeros(1, dtype=torch.float64); t = []\n"
+        "with torch.no_grad():\n"
+        "    net(x, s)\n"
+        f"    for _ in range({repeats}):\n"
+        "        a = time.perf_counter(); net(x, s); t.append(time.perf_counter() - a)\n"
+        "print(1e3 * statistics.median(t))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def levers(repeats: int, with_compile: bool) -> None:
-    """Each shipped choice against its alternative, default config, 1x1x16x32x32 and batch 8."""
+    """Each shipped choice against its alternative on the default config, timed in alternation."""
     net = UNet3D(DEFAULT).eval()
-    contiguous_net = UNet3D(DEFAULT).eval()
-    contiguous_net.load_state_dict(net.state_dict())
-    # A pre-hook that hands conv_in a plain NCHW tensor: every later layer then runs contiguous.
-    contiguous_net.conv_in.register_forward_pre_hook(lambda module, args: (args[0].contiguous(),))
-    print("lever                              | batch | shipped ms | alternative ms | shipped speedup")
+    nchw = force_layout(copy_of(net), torch.contiguous_format)
+    channels_last = force_layout(copy_of(net), torch.channels_last)
+    print("lever (shipped vs alternative)            | batch | shipped ms | alternative ms | shipped speedup")
+
+    def report(label: str, batch: int, shipped: float, alternative: float, note: str = "") -> None:
+        print(f"{label:42} | {batch:5} | {1e3 * shipped:10.1f} | {1e3 * alternative:14.1f} | {alternative / shipped:.2f}x{note}")
+
     for batch in (1, 8):
         x = torch.randn(batch, 1, 16, 32, 32)
         logsnr = torch.zeros(batch, dtype=torch.float64)
-
-        def shipped():
-            net(x, logsnr)
-
-        def contiguous():
-            contiguous_net(x, logsnr)
 
         def unfused():
             with unfused_attention():
                 net(x, logsnr)
 
         with torch.no_grad():
-            t = interleaved({"shipped": shipped, "contiguous": contiguous, "unfused": unfused}, repeats)
-        for label, alt in (("channels-last (vs contiguous)", "contiguous"), ("fused SDPA (vs softmax(QK^T)V)", "unfused")):
-            print(f"{label:34} | {batch:5} | {1e3 * t['shipped']:10.1f} | {1e3 * t[alt]:14.1f} | {t[alt] / t['shipped']:.2f}x")
+            t = interleaved({"shipped": lambda: net(x, logsnr), "nchw": lambda: nchw(x, logsnr), "unfused": unfused},
+                            repeats if batch == 1 else max(2, repeats // 3))
+        report("fp32 channels-last vs NCHW", batch, t["shipped"], t["nchw"])
+        report("fused SDPA vs softmax(QK^T)V", batch, t["shipped"], t["unfused"])
+    if cpu_has_amx():
+        x = torch.randn(1, 1, 16, 32, 32)
+        logsnr = torch.zeros(1, dtype=torch.float64)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            t = interleaved({"shipped": lambda: net(x, logsnr), "cl": lambda: channels_last(x, logsnr)}, repeats)
+        report("bf16 autocast: NCHW vs channels-last", 1, t["shipped"], t["cl"], " (1-channel model)")
+    threads = torch.get_num_threads()
+    plain = [time_child({}, threads, repeats) for _ in range(2)]
+    tuned = [time_child(MALLOC_TUNING, threads, repeats) for _ in range(2)]
+    print(f"{'(not shipped) glibc malloc thresholds':42} | {1:5} | {min(plain):10.1f} | {min(tuned):14.1f} | "
+          f"{min(tuned) / min(plain):.2f}x (env {' '.join(f'{k}={v}' for k, v in MALLOC_TUNING.items())})")
     if with_compile:
         x = torch.randn(1, 1, 16, 32, 32)
         logsnr = torch.zeros(1, dtype=torch.float64)
@@ -121,8 +167,7 @@ def levers(repeats: int, with_compile: bool) -> None:
             compiled(x, logsnr)
             compile_s = time.perf_counter() - start
             t = interleaved({"shipped": lambda: net(x, logsnr), "compiled": lambda: compiled(x, logsnr)}, repeats)
-        print(f"{'torch.compile (vs eager)':34} | {1:5} | {1e3 * t['shipped']:10.1f} | {1e3 * t['compiled']:14.1f} | "
-              f"{t['compiled'] / t['shipped']:.2f}x (compile {compile_s:.0f} s)")
+        report("eager vs torch.compile", 1, t["shipped"], t["compiled"], f" (compile {compile_s:.0f} s)")
 
 
 def main() -> None:

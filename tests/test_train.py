@@ -16,7 +16,7 @@ from vdgen.checkpoint import load_model
 from vdgen.cli import main
 from vdgen.config import RunConfig, preset
 from vdgen.errors import TrainingError
-from vdgen.train import TrainCallbacks, learning_rate, train, update_ema
+from vdgen.train import TrainCallbacks, ema_decay_at, learning_rate, train, update_ema
 from vdgen.video import write_png, write_video
 
 
@@ -107,6 +107,13 @@ def test_ema_update_formula():
         torch.testing.assert_close(e, 0.9 * b + 0.1 * p.detach())
     for e, b in zip(ema.buffers(), net.buffers()):
         assert torch.equal(e, b)
+
+
+def test_ema_decay_warms_up_to_the_configured_value():
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay_at(90, 0.999) == pytest.approx(91 / 100)
+    assert ema_decay_at(100_000, 0.999) == 0.999
+    assert all(ema_decay_at(s, 0.999) <= ema_decay_at(s + 1, 0.999) for s in range(0, 20_000, 97))
 
 
 def test_joint_training_mask_reaches_the_network(tmp_path, masks_seen):

@@ -78,6 +78,15 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int) -> float:
     return base_lr * min(1.0, (step + 1) / warmup_steps)
 
 
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA decay after `step` optimiser steps: min(decay, (1 + step) / (10 + step)).
+
+    The warm-up keeps the initial random weights from lingering in the EMA of a short run (with a
+    fixed 0.999 they would still weigh 0.999^1000 = 37% after 1,000 steps).
+    """
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * net, parameter by parameter; buffers copied."""
@@ -347,7 +356,7 @@ def _train_step(
             "keeping the last good checkpoint"
         )
     state.optimizer.step()
-    update_ema(state.ema, state.net, t.ema_decay)
+    update_ema(state.ema, state.net, ema_decay_at(state.step, t.ema_decay))
     return reported
 
 
