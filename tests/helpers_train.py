@@ -157,3 +157,13 @@ class Cli:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def corpus_outcomes() -> dict[str, str]:
+    """Corpus file name -> what read_video must give ('frames' or 'error'), from tests/data/bad/README.md."""
+    outcomes = {}
+    for line in (BAD / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[2] in ("frames", "error"):
+            outcomes[cells[0]] = cells[2]
+    return outcomes

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import vdgen.data_folders as data_folders
+from helpers_train import corpus_outcomes
 from vdgen.checkpoint import build_network
 from vdgen.config import TrainConfig, from_dict, preset
 from vdgen.data import make_batch
@@ -107,8 +108,7 @@ def test_unreadable_files_are_skipped_and_reported_once(tmp_path):
 
 
 def test_bad_corpus_keeps_exactly_the_decodable_clips():
-    rows = [line.split("|") for line in (BAD_CORPUS / "README.md").read_text().splitlines() if line.startswith("| ")]
-    outcomes = {cells[1].strip(): cells[3].strip() for cells in rows if cells[3].strip() in ("frames", "error")}
+    outcomes = corpus_outcomes()
     messages: list[str] = []
     ds = folder_dataset(BAD_CORPUS, TINY.model, TINY.train, report=messages.append)
     expected = sorted(name for name, outcome in outcomes.items() if outcome == "frames" and not name.endswith(".png"))

@@ -25,7 +25,7 @@ import vdgen.atomic
 import vdgen.generate
 import vdgen.train
 import vdgen.video
-from helpers_train import BAD, MODEL8, clean_error, leftovers, make_checkpoint, run_cli, train_config, write_config
+from helpers_train import BAD, MODEL8, clean_error, corpus_outcomes, leftovers, make_checkpoint, run_cli, train_config, write_config
 from vdgen.checkpoint import load_model, save_tensors
 from vdgen.config import DiffusionConfig, to_dict
 from vdgen.errors import CheckpointError, VdgenError
@@ -56,16 +56,6 @@ def ckpt8(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt8") / "tiny8.safetensors")
 
 
-def readme_outcomes() -> dict[str, str]:
-    """file name -> 'frames' or 'error' (what read_video must give), from the corpus README table."""
-    outcomes = {}
-    for line in (BAD / "README.md").read_text().splitlines():
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) == 3 and cells[2] in ("frames", "error"):
-            outcomes[cells[0]] = cells[2]
-    return outcomes
-
-
 def conditional_args(command: str, clip: Path, checkpoint: Path, output: Path, *extra) -> list:
     args = [a.format(clip=clip) for a in COMMANDS[command]]
     return [*args, "-c", checkpoint, "-o", output, *COMMON, *extra]
@@ -85,7 +75,7 @@ def check_output(command: str, output: Path) -> int:
 
 
 def test_corpus_is_the_one_the_readme_describes():
-    assert sorted(readme_outcomes()) == CORPUS and len(CORPUS) == 51
+    assert sorted(corpus_outcomes()) == CORPUS and len(CORPUS) == 51
 
 
 @pytest.mark.parametrize("name", CORPUS)
@@ -106,7 +96,7 @@ def test_corpus_file_gives_output_or_one_clean_error(command, name, ckpt8, tmp_p
         assert str(clip) in message, f"the message does not name the file: {message}"
         assert list(out_dir.iterdir()) == [], "a failed command left files behind"
     assert leftovers(out_dir) == []
-    expected_ok = readme_outcomes()[name] == "frames" and (command, name) not in UNUSABLE
+    expected_ok = corpus_outcomes()[name] == "frames" and (command, name) not in UNUSABLE
     assert (code == 0) == expected_ok, f"{command} {name}: {stderr}"
 
 
@@ -133,7 +123,7 @@ def test_corpus_file_through_eval_predict(name, ckpt8, tmp_path, capsys):
     result = out_dir / "result.json"
     code, stderr = run_cli(["eval", "predict", folder, "-c", ckpt8, "-n", "1", "--frames", EVAL_FRAMES, "--context", "2",
                             "--no-fvd", "--json", result, *COMMON], capsys)
-    frames = len(read_video(BAD / name)[0]) if readme_outcomes()[name] == "frames" else 0
+    frames = len(read_video(BAD / name)[0]) if corpus_outcomes()[name] == "frames" else 0
     message = clean_error(stderr)
     if code == 0:
         data = json.loads(result.read_text())
@@ -164,7 +154,7 @@ def _write_outcomes_table():
 
 
 def write_outcomes_table(path: Path) -> None:
-    expected = readme_outcomes()
+    expected = corpus_outcomes()
     lines = [
         "# CLI outcomes for the bad-input corpus",
         "",

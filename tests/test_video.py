@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers_train import corpus_outcomes
 from vdgen import video
 from vdgen.atomic import check_writable
 from vdgen.errors import OutputError, VideoInputError
@@ -17,16 +18,6 @@ from vdgen.video import contact_sheet, probe_video, read_video, write_png, write
 DATA = Path(__file__).parent / "data"
 BAD = DATA / "bad"
 CLIPS = DATA / "clips"
-
-
-def corpus_outcomes() -> dict[str, str]:
-    """file name -> expected outcome ('frames' or 'error'), from the generated README table."""
-    outcomes = {}
-    for line in (BAD / "README.md").read_text().splitlines():
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) == 3 and cells[2] in ("frames", "error"):
-            outcomes[cells[0]] = cells[2]
-    return outcomes
 
 
 CORPUS = sorted(p.name for p in BAD.iterdir() if p.suffix != ".md")
