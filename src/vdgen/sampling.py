@@ -129,9 +129,10 @@ def _ancestral_step(
         z.mul_(r * alpha_s / alpha_t).add_(x_hat, alpha=one_minus_r * alpha_s)
         z.add_(randn_per_sample(shape, generators, out=noise), alpha=math.exp(0.5 * log_var))
         if delta is not None:
-            # Corrector: z_s <- z_s - 0.5 delta sigma_s eps_hat(z_s) + sqrt(delta) sigma_s noise.
-            eps_hat = (z - alpha_s * _predict(denoiser, z, lambda_s, clip)) / sigma_s
-            z.add_(eps_hat, alpha=-0.5 * delta * sigma_s)
+            # Corrector: z_s <- z_s - 0.5 delta sigma_s eps_hat(z_s) + sqrt(delta) sigma_s noise; with
+            # eps_hat = (z_s - alpha_s x_hat) / sigma_s that is z_s (1 - delta / 2) + (delta / 2) alpha_s x_hat.
+            x_hat_s = _predict(denoiser, z, lambda_s, clip)
+            z.mul_(1.0 - 0.5 * delta).add_(x_hat_s, alpha=0.5 * delta * alpha_s)
             z.add_(randn_per_sample(shape, generators, out=noise), alpha=math.sqrt(delta) * sigma_s)
 
     return step
@@ -202,13 +203,12 @@ def _dpmpp_2m_step(shape: Sequence[int], device: torch.device | str) -> Step:
         (_, sigma_t), (alpha_s, sigma_s) = _alpha_sigma(lambda_t), _alpha_sigma(lambda_s)
         h = 0.5 * (lambda_s - lambda_t)
         # D = (1 + 1/(2r)) x_hat - (1/(2r)) x_hat_prev with r = h_prev / h; the first step is DDIM (D = x_hat).
-        if h_prev is None:
-            d = x_hat
-        else:
-            half_inv_r = h / (2.0 * h_prev)
-            d = x_hat * (1.0 + half_inv_r) - x_hat_prev * half_inv_r
-        # z_s = (sigma_s / sigma_t) z_t - alpha_s (exp(-h) - 1) D.
-        z.mul_(sigma_s / sigma_t).add_(d, alpha=-alpha_s * math.expm1(-h))
+        half_inv_r = 0.0 if h_prev is None else h / (2.0 * h_prev)
+        # z_s = (sigma_s / sigma_t) z_t - alpha_s (exp(-h) - 1) D, with D's two terms added in place.
+        c = -alpha_s * math.expm1(-h)
+        z.mul_(sigma_s / sigma_t).add_(x_hat, alpha=c * (1.0 + half_inv_r))
+        if h_prev is not None:
+            z.add_(x_hat_prev, alpha=-c * half_inv_r)
         x_hat_prev.copy_(x_hat)
         h_prev = h
 
