@@ -750,13 +750,13 @@ def convert_i3d(
 
 
 def _click_exceptions() -> tuple[type, type, type]:
-    """Click's usage-error classes: from click itself, or from the copy that newer Typer releases vendor."""
-    try:
-        from click.exceptions import Abort, ClickException, UsageError
-    except ImportError:
-        from typer import Abort
-        from typer._click.exceptions import ClickException, UsageError
-    return UsageError, ClickException, Abort
+    """Typer's usage-error classes, reached through its public API.
+
+    typer.BadParameter subclasses UsageError, which subclasses ClickException; that holds both in
+    Typer releases built on click and in those that vendor their own copy of it.
+    """
+    usage_error = typer.BadParameter.__mro__[1]
+    return usage_error, usage_error.__mro__[1], typer.Abort
 
 
 def _tune_malloc() -> None:
