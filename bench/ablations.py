@@ -41,6 +41,8 @@ from vdgen.generate import sample_videos
 from vdgen.guidance import DEFAULT_W_R
 from vdgen.i3d import load_i3d
 from vdgen.metrics import fvd_from_features
+from vdgen.precision import resolve_precision
+from vdgen.runtime import tune_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_CHECKPOINT = ROOT / "weights" / "vdgen-mmnist32.safetensors"
@@ -135,6 +137,7 @@ def ablation_guidance(args: argparse.Namespace, loaded: LoadedModel, i3d: torch.
         result = evaluate_prediction(
             loaded, real_clips(loaded, args.num, frames), args.context, method=("guidance", "replacement"),
             w_r=args.w_r, sampler=args.sampler, steps=args.steps, seeds=seed_list(args), i3d=i3d, progress=Progress(),
+            precision=args.precision,
         )
         result["wall_seconds"] = time.perf_counter() - started
         guidance, replacement = row_of(result, "guidance"), row_of(result, "replacement")
@@ -168,7 +171,7 @@ def ablation_interpolation(args: argparse.Namespace, loaded: LoadedModel, i3d: t
     started = time.perf_counter()
     result = evaluate_interpolation(
         loaded, real_clips(loaded, args.num, frames), 2, method="guidance", w_r=args.w_r, sampler=args.sampler,
-        steps=args.steps, seeds=seed_list(args), i3d=i3d, progress=Progress(),
+        steps=args.steps, seeds=seed_list(args), i3d=i3d, progress=Progress(), precision=args.precision,
     )
     result["wall_seconds"] = time.perf_counter() - started
     model, blend = row_of(result, "guidance"), row_of(result, "linear-blend")
@@ -195,6 +198,7 @@ def ablation_samplers(args: argparse.Namespace, loaded: LoadedModel, i3d: torch.
         started = time.perf_counter()
         videos = sample_videos(
             loaded.net, loaded.model_config, loaded.diffusion_config, seed_list(args), steps=steps, sampler=name,
+            precision=args.precision,
             callback=lambda done, total, p=Progress(), s=f"sample {name} {steps}": p(s, done, total),
         )
         seconds = (time.perf_counter() - started) / args.num
@@ -225,7 +229,7 @@ def ablation_unconditional(args: argparse.Namespace, loaded: LoadedModel, i3d: t
     """Unconditional FVD of the checkpoint vs real clips 0..N-1, next to real 0..N-1 vs real N..2N-1."""
     size = loaded.model_config.height
     first, second = DatasetSource("moving-mnist-val", size, 0), DatasetSource("moving-mnist-val", size, args.num)
-    model = CheckpointSource(loaded.path, args.uncond_sampler, args.uncond_steps, args.seed)
+    model = CheckpointSource(loaded.path, args.uncond_sampler, args.uncond_steps, args.seed, args.precision)
     started = time.perf_counter()
     floor = fvd(first, second, args.num, i3d=i3d, progress=Progress())
     generated = fvd(model, first, args.num, i3d=i3d, progress=Progress())
@@ -290,6 +294,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grid", default=DEFAULT_GRID, help=f"sampler:steps list of the sampler ablation (default {DEFAULT_GRID})")
     parser.add_argument("--uncond-sampler", default="ancestral", help="sampler of the unconditional FVD (default ancestral)")
     parser.add_argument("--uncond-steps", type=int, default=256, help="steps of the unconditional FVD (default 256)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="precision of the generator's sampling (I3D features are always fp32; default fp32)")
     parser.add_argument("--i3d", type=Path, default=None, help="I3D weights (default: the weights/ folder or $VDGEN_WEIGHTS)")
     args = parser.parse_args(argv)
     if args.num < 2:
@@ -299,15 +305,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_malloc()  # the CLI's allocator settings, so wall times match `vdgen eval`
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoint = args.checkpoint or default_checkpoint()
     started = time.perf_counter()
     try:
+        args.precision = resolve_precision(args.precision, "cpu")
         loaded = load_model(checkpoint)
         i3d = load_i3d(args.i3d)
         step = loaded.provenance.get("steps", "?")
-        print(f"checkpoint {checkpoint} (training step {step}); {torch.get_num_threads()} threads; "
+        print(f"checkpoint {checkpoint} (training step {step}); {torch.get_num_threads()} threads; {args.precision} sampling; "
               f"Moving MNIST validation digits at {loaded.model_config.height}x{loaded.model_config.width}")
         results: dict[str, Any] = {}
         for name in ABLATIONS if args.which == "all" else (args.which,):

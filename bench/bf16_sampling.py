@@ -24,7 +24,7 @@ from flops import print_header, set_threads
 from vdgen.config import DiffusionConfig, ModelConfig
 from vdgen.diffusion import training_loss
 from vdgen.generate import sample_videos
-from vdgen.precision import BF16_MIN_SPEEDUP, autocast, cpu_has_amx, measure_bf16_speedup, resolve_precision
+from vdgen.precision import BF16_MIN_SPEEDUP, autocast, bf16_hardware, cpu_has_native_bf16, measure_bf16_speedup, resolve_precision
 from vdgen.unet import UNet3D
 
 
@@ -84,9 +84,9 @@ def main() -> None:
     speedup = measure_bf16_speedup()
     auto = resolve_precision("auto", "cpu")
     print(f"# weights: {source}; {len(seeds)} seeds, {args.sampler} sampler, {args.steps} steps")
-    print(f"# probe: bf16 {speedup:.2f}x fp32 (AMX: {cpu_has_amx()}, needs >= {BF16_MIN_SPEEDUP}x); auto resolves to {auto}")
-    if not cpu_has_amx():
-        print("# no AMX: bf16 is emulated here; timing it on a full sampling run would take very long, skipped")
+    print(f"# probe: bf16 {speedup:.2f}x fp32 (bf16 hardware: {bf16_hardware()}, needs >= {BF16_MIN_SPEEDUP}x); auto resolves to {auto}")
+    if not cpu_has_native_bf16():
+        print("# no AMX or AVX512_BF16: bf16 is emulated here; timing it on a full sampling run would take very long, skipped")
         return
     sample_videos(net, model_config, diffusion_config, seeds[:1], steps=2, sampler=args.sampler, precision="bf16")  # warm-up
     fp32, t_fp32 = time_sampling(net, model_config, diffusion_config, seeds, args.steps, args.sampler, "fp32")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,8 @@ import torch.nn.functional as F
 from flops import count_flops, format_breakdown, matmul_peak_gflops, print_header, set_threads, time_call
 from vdgen.config import ModelConfig
 from vdgen.layers import Downsample, ResBlock, SpatialAttention, TemporalAttention, Upsample
-from vdgen.precision import cpu_has_amx
+from vdgen.precision import cpu_has_native_bf16
+from vdgen.runtime import MMAP_THRESHOLD, TRIM_THRESHOLD
 from vdgen.unet import AttentionPair, UNet3D, count_parameters
 
 DEFAULT = ModelConfig(dropout=0.0)
@@ -39,7 +39,6 @@ PAPER = ModelConfig(
 PAPER_HEAD_DIM = 64
 # glibc frees and re-faults the activations' pages on every forward (its heap is trimmed, large
 # blocks are mmap-ed); fixing both thresholds keeps the pages. Measured as a lever, not shipped.
-MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def paper_network(config: ModelConfig) -> UNet3D:
@@ -108,10 +107,12 @@ def copy_of(net: UNet3D) -> UNet3D:
     return twin
 
 
-def time_child(env: dict[str, str], threads: int, repeats: int) -> float:
-    """Median ms of the default forward (1x1x16x32x32) in a fresh process with extra environment `env`."""
+def time_child(tuned_malloc: bool, threads: int, repeats: int) -> float:
+    """Median ms of the default forward (1x1x16x32x32) in a fresh process, with or without the CLI's
+    glibc malloc thresholds (they cannot be undone in this process once set)."""
     code = (
         "import statistics, time, torch; from vdgen.unet import UNet3D; from vdgen.config import ModelConfig\n"
+        f"from vdgen.runtime import tune_malloc; {'tune_malloc()' if tuned_malloc else 'pass'}\n"
         f"torch.set_num_threads({threads}); net = UNet3D(ModelConfig(dropout=0.0)).eval()\n"
         "x = torch.randn(1, 1, 16, 32, 32); s = torch.zeros(1, dtype=torch.float64); t = []\n"
         "with torch.no_grad():\n"
@@ -120,7 +121,7 @@ def time_child(env: dict[str, str], threads: int, repeats: int) -> float:
         "        a = time.perf_counter(); net(x, s); t.append(time.perf_counter() - a)\n"
         "print(1e3 * statistics.median(t))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -147,17 +148,17 @@ def levers(repeats: int, with_compile: bool) -> None:
                             repeats if batch == 1 else max(2, repeats // 3))
         report("fp32 channels-last vs NCHW", batch, t["shipped"], t["nchw"])
         report("fused SDPA vs softmax(QK^T)V", batch, t["shipped"], t["unfused"])
-    if cpu_has_amx():
+    if cpu_has_native_bf16():
         x = torch.randn(1, 1, 16, 32, 32)
         logsnr = torch.zeros(1, dtype=torch.float64)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             t = interleaved({"shipped": lambda: net(x, logsnr), "cl": lambda: channels_last(x, logsnr)}, repeats)
         report("bf16 autocast: NCHW vs channels-last", 1, t["shipped"], t["cl"], " (1-channel model)")
     threads = torch.get_num_threads()
-    plain = [time_child({}, threads, repeats) for _ in range(2)]
-    tuned = [time_child(MALLOC_TUNING, threads, repeats) for _ in range(2)]
-    print(f"{'default malloc vs tuned (not shipped)':42} | {1:5} | {min(plain):10.1f} | {min(tuned):14.1f} | "
-          f"{min(tuned) / min(plain):.2f}x (tuned: {' '.join(f'{k}={v}' for k, v in MALLOC_TUNING.items())})")
+    tuned = [time_child(True, threads, repeats) for _ in range(2)]
+    plain = [time_child(False, threads, repeats) for _ in range(2)]
+    report("CLI malloc thresholds vs glibc default", 1, min(tuned) / 1e3, min(plain) / 1e3,
+           f" (mmap {MMAP_THRESHOLD >> 20} MiB, trim {TRIM_THRESHOLD >> 30} GiB; fresh processes)")
     if with_compile:
         x = torch.randn(1, 1, 16, 32, 32)
         logsnr = torch.zeros(1, dtype=torch.float64)
@@ -188,7 +189,7 @@ def main() -> None:
         rows += [forward_row("paper", PAPER, size, args.repeats, args.budget_s, paper=True) for size in (32, 64)]
     peaks.append(matmul_peak_gflops())
     peak = max(peaks)
-    print(f"# fp32 matmul peak (2048^3, best of {5 * len(peaks)}): {peak:.0f} GFLOP/s")
+    print(f"# fp32 matmul peak (2048^3 and 4096^3, best of {10 * len(peaks)}): {peak:.0f} GFLOP/s")
     print(f"{'config':8} | {'input':12} | {'params':>8} | {'GFLOP':>7} | {'ms/NFE':>8} | {'GFLOP/s':>7} | {'of peak':>7} | FLOPs by layer type")
     for r in rows:
         gflops = r["flops"]["total"] / r["seconds"] / 1e9

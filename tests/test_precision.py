@@ -5,10 +5,12 @@ import torch
 
 from vdgen import precision
 from vdgen.errors import ConfigError
-from vdgen.precision import bf16_is_faster, cpu_has_amx, resolve_precision
+from vdgen.precision import bf16_hardware, bf16_is_faster, cpu_has_amx, cpu_has_native_bf16, resolve_precision
 
 SAPPHIRE_RAPIDS_FLAGS = "fpu vme avx2 avx512f avx512_bf16 amx_bf16 avx512_fp16 amx_tile amx_int8"
 ZEN3_FLAGS = "fpu vme avx2 fma sha_ni vaes vpclmulqdq"
+# AMD EPYC family 25 model 17 (Zen 4), as one of these sessions' /proc/cpuinfo lists it (abridged).
+ZEN4_FLAGS = "fpu vme avx2 fma avx512f avx512dq avx512ifma avx512cd avx512bw avx512vl avx512_bf16 avx512vbmi avx512_vnni"
 
 
 def write_cpuinfo(tmp_path, flags):
@@ -38,11 +40,21 @@ def test_no_amx_where_cpuinfo_is_missing_or_has_no_flags(tmp_path):
     assert not cpu_has_amx(empty)
 
 
-def test_fp32_without_amx_and_no_probe(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+def test_native_bf16_is_amx_or_avx512_bf16(tmp_path):
+    assert cpu_has_native_bf16(write_cpuinfo(tmp_path, SAPPHIRE_RAPIDS_FLAGS))
+    assert cpu_has_native_bf16(write_cpuinfo(tmp_path, ZEN4_FLAGS))
+    assert not cpu_has_native_bf16(write_cpuinfo(tmp_path, ZEN3_FLAGS))
+    assert not cpu_has_native_bf16(write_cpuinfo(tmp_path, "avx2 avx512_bf16"))  # no avx512f
+    assert not cpu_has_native_bf16(tmp_path / "absent")
+    assert [bf16_hardware(write_cpuinfo(tmp_path, f)) for f in (SAPPHIRE_RAPIDS_FLAGS, ZEN4_FLAGS, ZEN3_FLAGS)] == [
+        "AMX", "AVX512_BF16", "none"]
+
+
+def test_fp32_without_native_bf16_and_no_probe(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
 
     def probe_must_not_run(*args, **kwargs):
-        raise AssertionError("the timed probe ran on a CPU without AMX")
+        raise AssertionError("the timed probe ran on a CPU without native bf16")
 
     monkeypatch.setattr(precision, "measure_bf16_speedup", probe_must_not_run)
     assert not bf16_is_faster("cpu")
@@ -50,15 +62,15 @@ def test_fp32_without_amx_and_no_probe(monkeypatch):
 
 
 @pytest.mark.parametrize("speedup, expected", [(2.0, "bf16"), (1.1, "fp32")])
-def test_amx_needs_a_measured_speedup(monkeypatch, speedup, expected):
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+def test_native_bf16_needs_a_measured_speedup(monkeypatch, speedup, expected):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: speedup)
     assert resolve_precision("auto", torch.device("cpu")) == expected
 
 
 def test_probe_runs_once_per_process(monkeypatch):
     calls = []
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: calls.append(1) or 2.0)
     assert bf16_is_faster("cpu") and bf16_is_faster("cpu")
     assert len(calls) == 1
@@ -72,7 +84,7 @@ def test_cuda_follows_bf16_support(monkeypatch):
 
 
 def test_explicit_names_are_kept(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("fp32", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
 

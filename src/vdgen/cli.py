@@ -204,7 +204,7 @@ SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (ran
 FpsOpt = Annotated[Optional[float], typer.Option("--fps", help="Frame rate of the output.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 PrecisionOpt = Annotated[
-    Precision, typer.Option("--precision", help="fp32, bf16, or auto (bf16 only where it measures faster, e.g. CPUs with AMX).")
+    Precision, typer.Option("--precision", help="fp32, bf16, or auto (bf16 only where it measures faster, e.g. CPUs with AMX or AVX512_BF16).")
 ]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads (0: all cores).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write a PNG contact sheet next to each output.")]
@@ -759,30 +759,14 @@ def _click_exceptions() -> tuple[type, type, type]:
     return usage_error, usage_error.__mro__[1], typer.Abort
 
 
-def _tune_malloc() -> None:
-    """Keep freed activation buffers in glibc's heap instead of unmapping them after each forward.
-
-    Every U-Net forward otherwise re-faults about 12K pages; with these thresholds the default
-    model's forward is about 1.16x faster (bench/unet_speed.py --levers). A no-op off glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-        libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: VdgenError -> one line + exit 1; usage errors -> one line + exit 1; Ctrl-C -> 130."""
     UsageError, ClickException, Abort = _click_exceptions()
     args = sys.argv[1:] if argv is None else argv
-    if argv is None and sys.platform.startswith("linux"):
-        _tune_malloc()
+    if argv is None:
+        from vdgen.runtime import tune_malloc
+
+        tune_malloc()
     _state["debug"] = "--debug" in args or os.environ.get("VDGEN_DEBUG", "") not in ("", "0")
     try:
         code = app(args=args, prog_name="vdgen", standalone_mode=False)

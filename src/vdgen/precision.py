@@ -1,8 +1,9 @@
 """Choosing the numeric precision: fp32 everywhere, bf16 autocast only where it measures faster.
 
-On CPUs bf16 is fast only with AMX tiles (Intel Sapphire Rapids and later); elsewhere (AMD Zen 3,
-older Xeons) oneDNN emulates it and it can be 100x slower than fp32. So "auto" picks bf16 on a CPU
-only if /proc/cpuinfo lists AMX *and* a short timed probe, run once per process, shows bf16 at
+On CPUs bf16 is fast only with native bf16 instructions: AMX tiles (Intel Sapphire Rapids and
+later) or AVX512_BF16 dot products (AMD Zen 4, Intel Cooper Lake). Elsewhere (AMD Zen 3, older
+Xeons) oneDNN emulates it and it can be 100x slower than fp32. So "auto" picks bf16 on a CPU only
+if /proc/cpuinfo lists one of those *and* a short timed probe, run once per process, shows bf16 at
 least BF16_MIN_SPEEDUP faster on a small conv + matmul workload. On CUDA it is bf16 wherever the
 GPU supports it.
 """
@@ -22,6 +23,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 # error is not worth the speed.
 BF16_MIN_SPEEDUP = 1.3
 AMX_FLAGS = ("amx_bf16", "amx_tile")
+AVX512_BF16_FLAGS = ("avx512f", "avx512_bf16")
 CPUINFO = Path("/proc/cpuinfo")
 
 _probe_cache: dict[str, float] = {}
@@ -29,17 +31,34 @@ _probe_cache: dict[str, float] = {}
 _EMULATED_FACTOR = 20.0
 
 
-def cpu_has_amx(cpuinfo: Path = CPUINFO) -> bool:
-    """True if the CPU flags in `cpuinfo` include amx_bf16 and amx_tile; False where it cannot be read."""
+def _cpu_flags(cpuinfo: Path) -> set[str]:
+    """The flags of the first processor in `cpuinfo`; empty where it cannot be read or has none."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
-        return False
+        return set()
     for line in text.splitlines():
         if line.startswith("flags"):
-            flags = set(line.split(":", 1)[-1].split())
-            return all(flag in flags for flag in AMX_FLAGS)
-    return False
+            return set(line.split(":", 1)[-1].split())
+    return set()
+
+
+def cpu_has_amx(cpuinfo: Path = CPUINFO) -> bool:
+    """True if the CPU flags in `cpuinfo` include amx_bf16 and amx_tile; False where it cannot be read."""
+    return all(flag in _cpu_flags(cpuinfo) for flag in AMX_FLAGS)
+
+
+def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
+    """True if the CPU computes bf16 in hardware: AMX tiles, or AVX-512 with AVX512_BF16 dot products."""
+    flags = _cpu_flags(cpuinfo)
+    return all(flag in flags for flag in AMX_FLAGS) or all(flag in flags for flag in AVX512_BF16_FLAGS)
+
+
+def bf16_hardware(cpuinfo: Path = CPUINFO) -> str:
+    """'AMX', 'AVX512_BF16' or 'none' (emulated): what bf16 matmuls run on, for reports."""
+    if cpu_has_amx(cpuinfo):
+        return "AMX"
+    return "AVX512_BF16" if cpu_has_native_bf16(cpuinfo) else "none"
 
 
 def _probe_workload() -> tuple[torch.nn.Module, torch.Tensor]:
@@ -67,7 +86,7 @@ def _time_probe(net: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bf1
             h = net(x)  # [B, 64, H*W]
             torch.matmul(h.transpose(1, 2), weight)
             times.append(time.perf_counter() - start)
-            # Emulated bf16 (no AMX) is 10-100x slower: stop after the first run, the answer is clear.
+            # Emulated bf16 (no AMX or AVX512_BF16) is 10-100x slower: stop after the first run, the answer is clear.
             if bf16 and times[0] > _EMULATED_FACTOR * _probe_cache.get("fp32_s", float("inf")):
                 break
     return times
@@ -86,8 +105,8 @@ def measure_bf16_speedup(repeats: int = 5) -> float:
 def bf16_is_faster(device: torch.device | str) -> bool:
     """Whether bf16 autocast should be the automatic choice on `device` (cached per process).
 
-    CUDA: wherever the GPU supports bf16. CPU: only with AMX, and only if the probe shows bf16 at
-    least BF16_MIN_SPEEDUP times faster than fp32. Any other device: never.
+    CUDA: wherever the GPU supports bf16. CPU: only with native bf16 (AMX or AVX512_BF16), and only
+    if the probe shows bf16 at least BF16_MIN_SPEEDUP times faster than fp32. Any other device: never.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -95,7 +114,7 @@ def bf16_is_faster(device: torch.device | str) -> bool:
     if device.type != "cpu":
         return False
     if "cpu" not in _probe_cache:
-        _probe_cache["cpu"] = cpu_has_amx() and measure_bf16_speedup() >= BF16_MIN_SPEEDUP
+        _probe_cache["cpu"] = cpu_has_native_bf16() and measure_bf16_speedup() >= BF16_MIN_SPEEDUP
     return bool(_probe_cache["cpu"])
 
 
