@@ -10,17 +10,22 @@ softmax are left out: they are memory-bound and a small share of the work.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from vdgen.config import to_dict
+from vdgen.precision import bf16_hardware, cpu_fields
 from vdgen.runtime import tune_malloc
 
 aten = torch.ops.aten
@@ -165,23 +170,56 @@ def cpu_model() -> str:
 def cpu_family() -> str:
     """Vendor family/model numbers and the widest vector units, from /proc/cpuinfo: lscpu's name alone
     ("AMD EPYC") does not tell Zen 3 (AVX2) from Zen 4 (AVX-512 with bf16 dot products)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model", "flags") and key not in fields:
-                    fields[key] = value.strip()
-                if not line.strip() and fields:
-                    break
-    except OSError:
+    fields = cpu_fields()
+    if not fields:
         return "family unknown"
     flags = set(fields.get("flags", "").split())
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    if "avx512_bf16" in flags:
-        vector += " with AVX512_BF16"
     return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {vector}"
+
+
+CHILD_FORWARD = """
+import json, sys, torch
+sys.path.insert(0, {bench!r})
+from flops import count_flops, matmul_peak_gflops, time_call
+from vdgen.config import ModelConfig, from_dict
+from vdgen.runtime import tune_malloc
+from vdgen.unet import UNet3D
+if {tuned_malloc}:
+    tune_malloc()
+if {threads} > 0:
+    torch.set_num_threads({threads})
+torch.manual_seed(0)
+config = from_dict(ModelConfig, json.loads({config!r}), "model")
+net = UNet3D(config).eval()
+x = torch.randn(1, config.channels, config.frames, config.height, config.width)
+logsnr = torch.zeros(1, dtype=torch.float64)
+result = {{}}
+if {with_peak}:
+    result["flops"] = count_flops(lambda: net(x, logsnr))["total"]
+    peaks = [matmul_peak_gflops()]
+with torch.no_grad():
+    result["seconds"] = time_call(lambda: net(x, logsnr), {repeats}, budget_s={budget_s})
+if {with_peak}:
+    peaks.append(matmul_peak_gflops())
+    result["gflops"] = result["flops"] / result["seconds"] / 1e9
+    result["peak"] = max(peaks)
+print(json.dumps(result))
+"""
+
+
+def forward_in_child(config, threads: int, repeats: int, budget_s: float | None = None, tuned_malloc: bool = True,
+                     with_peak: bool = False) -> dict:
+    """vdgen's batch-1 forward of `config` timed alone in a fresh Python process (median of warm runs).
+
+    Returns {"seconds"}; with `with_peak` also the counted "flops", the achieved "gflops" and the fp32
+    matmul "peak" of that process. `tuned_malloc` sets the CLI's glibc thresholds there (they cannot
+    be undone in a process once set, hence the child).
+    """
+    code = CHILD_FORWARD.format(bench=str(Path(__file__).resolve().parent), tuned_malloc=tuned_malloc, threads=threads,
+                                config=json.dumps(to_dict(config)), repeats=repeats, budget_s=budget_s, with_peak=with_peak)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def set_threads(threads: int) -> int:
@@ -196,8 +234,6 @@ def set_threads(threads: int) -> int:
 
 def print_header(title: str) -> None:
     """The line every benchmark starts with: what, on which CPU, torch version, threads."""
-    from vdgen.precision import bf16_hardware
-
     hardware = bf16_hardware()
     amx = "no native bf16" if hardware == "none" else f"bf16 on {hardware}"
     print(f"# {title}")

@@ -11,6 +11,7 @@ stop and a resume, but includes time the process was paused or starved by other 
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -43,11 +44,9 @@ def main(run_dir: str, since: int = 0, until: int | None = None) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    bounds: dict[str, int | None] = {"--since": 0, "--until": None}
-    for flag in bounds:
-        if flag in args:
-            i = args.index(flag)
-            bounds[flag] = int(args[i + 1])
-            del args[i : i + 2]
-    main(args[0] if args else "runs/mmnist32", bounds["--since"] or 0, bounds["--until"])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", nargs="?", default="runs/mmnist32")
+    parser.add_argument("--since", type=int, default=0, help="only logging windows after this step")
+    parser.add_argument("--until", type=int, default=None, help="only logging windows up to this step")
+    args = parser.parse_args()
+    main(args.run_dir, args.since, args.until)

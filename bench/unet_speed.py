@@ -18,14 +18,12 @@ import argparse
 import contextlib
 import dataclasses
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from flops import count_flops, format_breakdown, matmul_peak_gflops, print_header, set_threads, time_call
+from flops import count_flops, format_breakdown, forward_in_child, matmul_peak_gflops, print_header, set_threads, time_call
 from vdgen.config import ModelConfig
 from vdgen.layers import Downsample, ResBlock, SpatialAttention, TemporalAttention, Upsample
 from vdgen.precision import cpu_has_native_bf16
@@ -107,24 +105,6 @@ def copy_of(net: UNet3D) -> UNet3D:
     return twin
 
 
-def time_child(tuned_malloc: bool, threads: int, repeats: int) -> float:
-    """Median ms of the default forward (1x1x16x32x32) in a fresh process, with or without the CLI's
-    glibc malloc thresholds (they cannot be undone in this process once set)."""
-    code = (
-        "import statistics, time, torch; from vdgen.unet import UNet3D; from vdgen.config import ModelConfig\n"
-        f"from vdgen.runtime import tune_malloc; {'tune_malloc()' if tuned_malloc else 'pass'}\n"
-        f"torch.set_num_threads({threads}); net = UNet3D(ModelConfig(dropout=0.0)).eval()\n"
-        "x = torch.randn(1, 1, 16, 32, 32); s = torch.zeros(1, dtype=torch.float64); t = []\n"
-        "with torch.no_grad():\n"
-        "    net(x, s)\n"
-        f"    for _ in range({repeats}):\n"
-        "        a = time.perf_counter(); net(x, s); t.append(time.perf_counter() - a)\n"
-        "print(1e3 * statistics.median(t))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def levers(repeats: int, with_compile: bool) -> None:
     """Each shipped choice against its alternative on the default config, timed in alternation."""
     net = UNet3D(DEFAULT).eval()
@@ -155,9 +135,9 @@ def levers(repeats: int, with_compile: bool) -> None:
             t = interleaved({"shipped": lambda: net(x, logsnr), "cl": lambda: channels_last(x, logsnr)}, repeats)
         report("bf16 autocast: NCHW vs channels-last", 1, t["shipped"], t["cl"], " (1-channel model)")
     threads = torch.get_num_threads()
-    tuned = [time_child(True, threads, repeats) for _ in range(2)]
-    plain = [time_child(False, threads, repeats) for _ in range(2)]
-    report("CLI malloc thresholds vs glibc default", 1, min(tuned) / 1e3, min(plain) / 1e3,
+    tuned = [forward_in_child(DEFAULT, threads, repeats, tuned_malloc=True)["seconds"] for _ in range(2)]
+    plain = [forward_in_child(DEFAULT, threads, repeats, tuned_malloc=False)["seconds"] for _ in range(2)]
+    report("CLI malloc thresholds vs glibc default", 1, min(tuned), min(plain),
            f" (mmap {MMAP_THRESHOLD >> 20} MiB, trim {TRIM_THRESHOLD >> 30} GiB; fresh processes)")
     if with_compile:
         x = torch.randn(1, 1, 16, 32, 32)

@@ -31,34 +31,45 @@ _probe_cache: dict[str, float] = {}
 _EMULATED_FACTOR = 20.0
 
 
-def _cpu_flags(cpuinfo: Path) -> set[str]:
-    """The flags of the first processor in `cpuinfo`; empty where it cannot be read or has none."""
+def cpu_fields(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """The first processor's entries in `cpuinfo` ("flags", "cpu family", "model", ...); empty
+    where it cannot be read."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
-        return set()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[-1].split())
-    return set()
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The first processor's flags in `cpuinfo`; empty where it cannot be read or lists none."""
+    return set(cpu_fields(cpuinfo).get("flags", "").split())
+
+
+def bf16_hardware(cpuinfo: Path = CPUINFO) -> str:
+    """'AMX', 'AVX512_BF16' or 'none' (emulated): what bf16 matmuls run on."""
+    flags = cpu_flags(cpuinfo)
+    if flags.issuperset(AMX_FLAGS):
+        return "AMX"
+    return "AVX512_BF16" if flags.issuperset(AVX512_BF16_FLAGS) else "none"
 
 
 def cpu_has_amx(cpuinfo: Path = CPUINFO) -> bool:
     """True if the CPU flags in `cpuinfo` include amx_bf16 and amx_tile; False where it cannot be read."""
-    return all(flag in _cpu_flags(cpuinfo) for flag in AMX_FLAGS)
+    return bf16_hardware(cpuinfo) == "AMX"
 
 
 def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
     """True if the CPU computes bf16 in hardware: AMX tiles, or AVX-512 with AVX512_BF16 dot products."""
-    flags = _cpu_flags(cpuinfo)
-    return all(flag in flags for flag in AMX_FLAGS) or all(flag in flags for flag in AVX512_BF16_FLAGS)
-
-
-def bf16_hardware(cpuinfo: Path = CPUINFO) -> str:
-    """'AMX', 'AVX512_BF16' or 'none' (emulated): what bf16 matmuls run on, for reports."""
-    if cpu_has_amx(cpuinfo):
-        return "AMX"
-    return "AVX512_BF16" if cpu_has_native_bf16(cpuinfo) else "none"
+    return bf16_hardware(cpuinfo) != "none"
 
 
 def _probe_workload() -> tuple[torch.nn.Module, torch.Tensor]:
