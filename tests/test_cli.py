@@ -87,6 +87,15 @@ def test_generate_writes_video_sidecar_and_preview(cli, tiny_checkpoint, tmp_pat
     assert preview.shape[0] == 1 and preview.shape[2] > 4 * 16  # one image: a contact sheet of the 4 frames
 
 
+def test_sidecar_records_a_checkpoint_under_the_working_directory_relative(cli, tiny_checkpoint, tmp_path):
+    (tmp_path / "weights").mkdir()
+    local = tmp_path / "weights" / "model.safetensors"
+    local.write_bytes(tiny_checkpoint.read_bytes())
+    code, _, err = generate(cli, local, "out.mp4")
+    assert code == 0, err
+    assert json.loads((tmp_path / "out.mp4.json").read_text())["checkpoint"] == str(Path("weights") / "model.safetensors")
+
+
 def test_generate_folder_output_is_png_frames_and_deterministic(cli, tiny_checkpoint, tmp_path):
     assert generate(cli, tiny_checkpoint, "frames", "--sampler", "ddim")[0] == 0
     assert sorted(os.listdir(tmp_path / "frames")) == [f"frame_{i:04d}.png" for i in range(4)]

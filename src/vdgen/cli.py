@@ -127,6 +127,16 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
 
 
+def shown_path(path: Path) -> str:
+    """A path as settings records it: relative to the working directory when inside it, so a
+    sidecar written in a checkout does not record where that checkout lives."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
 def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name + ".json")
 
@@ -272,7 +282,7 @@ def generate(
     elapsed = time.monotonic() - started
     for path, video, s in zip(paths, videos, seeds):
         settings = {
-            "command": "generate", "vdgen_version": vdgen.__version__, "checkpoint": str(loaded.path),
+            "command": "generate", "vdgen_version": vdgen.__version__, "checkpoint": shown_path(loaded.path),
             "checkpoint_provenance": loaded.provenance, "seed": s, "steps": steps, "sampler": sampler.value,
             "frames": n_frames, "fps": fps, "clip_x_hat": not no_clip, "device": dev, "precision": prec,
             "seconds_for_batch": round(elapsed, 2),
@@ -379,8 +389,8 @@ def _conditional(
             out_fps = fps or clip_fps * extra["factor"]
     video = from_model(y.cpu())
     settings = {
-        "command": task, "vdgen_version": vdgen.__version__, "input": str(clip), "input_frames": int(x.shape[1]),
-        "input_fps": clip_fps, "checkpoint": str(loaded.path), "checkpoint_provenance": loaded.provenance,
+        "command": task, "vdgen_version": vdgen.__version__, "input": shown_path(clip), "input_frames": int(x.shape[1]),
+        "input_fps": clip_fps, "checkpoint": shown_path(loaded.path), "checkpoint_provenance": loaded.provenance,
         "seed": seed, "steps": steps, "sampler": sampler.value, "method": method.value, "guidance_weight": guidance_weight,
         "window": window, "resize": resize.value, "fps": out_fps, "clip_x_hat": not no_clip, "device": dev,
         "precision": prec, "output_frames": int(video.shape[0]), "seconds": round(time.monotonic() - started, 2), **extra,
@@ -569,7 +579,7 @@ def _eval_conditional(task: str, source: str, checkpoint: Optional[Path], num: i
             precision=resolve_precision(precision, dev), i3d=network, with_fvd=not no_fvd, device=dev,
             progress=_stage_reporter(progress), **options,
         )
-    _eval_report({**result, "checkpoint": str(loaded.path), "source": read}, json_out)
+    _eval_report({**result, "checkpoint": shown_path(loaded.path), "source": read}, json_out)
 
 
 EvalSourceArg = Annotated[str, typer.Argument(help="True clips: moving-mnist-val (default; moving-mnist-val@1000 from clip 1000 on) or a folder of clips.")]
