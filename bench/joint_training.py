@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(zeros) > 1:
         values = [r["val_loss_raw"] for r in zeros]
         spread = 100 * (max(values) - min(values)) / min(values)
-        print(f"seed-to-seed spread at K=0 (raw): {spread:.1f}%: smaller differences between K are noise")
+        print(f"seed-to-seed spread at K=0 (raw): {spread:.1f}%, the noise between unpaired runs; within one seed the "
+              "runs share initial weights and video stream, so compare K there, and trust only a sign every seed agrees on")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2) + "\n")
     return 0
