@@ -28,7 +28,7 @@ import torch
 
 from vdgen.config import RunConfig, merge, preset
 from vdgen.data import make_batch
-from vdgen.diffusion import q_sample, training_target
+from vdgen.diffusion import denoising_loss
 from vdgen.precision import autocast, resolve_precision
 from vdgen.schedule import logsnr_schedule_cosine
 from vdgen.train import TrainCallbacks, make_dataset, train
@@ -77,11 +77,8 @@ def video_loss(
             x = clips[start : start + chunk]
             eps = torch.randn(x.shape, generator=generator)
             logsnr = logsnr_schedule_cosine(torch.full((x.shape[0],), t, dtype=torch.float64))
-            z_t = q_sample(x, logsnr, eps)
-            target = training_target(config.diffusion.parameterization, x, eps, logsnr)
             with autocast(precision, "cpu"):
-                out = net(z_t, logsnr, None)
-            total += (out.float() - target).pow(2).sum().item()
+                total += denoising_loss(net, config.diffusion, x, logsnr, eps).item() * x.numel()
         losses.append(total / clips.numel())
     return losses
 

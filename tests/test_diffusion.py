@@ -10,6 +10,7 @@ import torch
 
 from vdgen.config import DiffusionConfig
 from vdgen.diffusion import (
+    denoising_loss,
     Denoiser,
     eps_from_x,
     prediction_to_x,
@@ -210,6 +211,20 @@ def test_training_loss_is_zero_for_the_oracle_and_positive_otherwise(parameteriz
     first = training_loss(ZeroNet(), config, x, torch.Generator().manual_seed(1))
     again = training_loss(ZeroNet(), config, x, torch.Generator().manual_seed(1))
     assert first.item() > 0.01 and first.item() == again.item()  # deterministic per generator
+
+
+def test_denoising_loss_at_fixed_t_and_noise_is_the_v_mse_in_closed_form():
+    class ZeroNet(torch.nn.Module):
+        def forward(self, z_t, logsnr, image_mask=None):
+            return torch.zeros_like(z_t)
+
+    x, eps = f64(3, 1, 2, 4, 4, seed=11), f64(3, 1, 2, 4, 4, seed=12)
+    logsnr = torch.tensor([-3.0, 0.0, 4.0], dtype=torch.float64)
+    alpha = torch.sigmoid(logsnr).sqrt().reshape(-1, 1, 1, 1, 1)
+    sigma = torch.sigmoid(-logsnr).sqrt().reshape(-1, 1, 1, 1, 1)
+    expected = (alpha * eps - sigma * x).pow(2).mean()  # v = alpha eps - sigma x against a zero output
+    loss = denoising_loss(ZeroNet(), DiffusionConfig(parameterization="v"), x, logsnr, eps)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
 def test_training_loss_draws_t_uniformly():

@@ -97,7 +97,18 @@ def training_loss(
     # Draw on the generator's device so a CPU generator can seed training on any device.
     t = torch.rand(batch, generator=generator, dtype=torch.float64, device=generator.device).to(x.device)
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
-    logsnr = logsnr_schedule_cosine(t)
+    return denoising_loss(net, config, x, logsnr_schedule_cosine(t), eps, image_mask)
+
+
+def denoising_loss(
+    net: nn.Module,
+    config: DiffusionConfig,
+    x: torch.Tensor,
+    logsnr: torch.Tensor,
+    eps: torch.Tensor,
+    image_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """MSE in the predicted space for clean x, noise eps and log-SNR [B]: the training loss at given t and noise."""
     z_t = q_sample(x, logsnr, eps)
     target = training_target(config.parameterization, x, eps, logsnr)
     out = net(z_t, logsnr, image_mask)
