@@ -28,9 +28,8 @@ import torch
 
 from vdgen.config import RunConfig, merge, preset
 from vdgen.data import make_batch
-from vdgen.diffusion import denoising_loss
-from vdgen.precision import autocast, resolve_precision
-from vdgen.schedule import logsnr_schedule_cosine
+from vdgen.evaluate import t_grid as make_t_grid, validation_loss
+from vdgen.precision import resolve_precision
 from vdgen.train import TrainCallbacks, make_dataset, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,31 +57,6 @@ def run_config(args: argparse.Namespace, image_frames: int, seed: int) -> RunCon
     )
 
 
-@torch.no_grad()
-def video_loss(
-    net: torch.nn.Module, config: RunConfig, clips: torch.Tensor, t_grid: list[float], seed: int, precision: str,
-    chunk: int = 16,
-) -> list[float]:
-    """Mean squared error in the predicted space at each t of t_grid, on clips [N, C, F, H, W].
-
-    The noise comes from one generator seeded with `seed`, drawn in a fixed order, so two networks
-    are scored on exactly the same noisy inputs.
-    """
-    net.eval()
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for t in t_grid:
-        total = 0.0
-        for start in range(0, clips.shape[0], chunk):
-            x = clips[start : start + chunk]
-            eps = torch.randn(x.shape, generator=generator)
-            logsnr = logsnr_schedule_cosine(torch.full((x.shape[0],), t, dtype=torch.float64))
-            with autocast(precision, "cpu"):
-                total += denoising_loss(net, config.diffusion, x, logsnr, eps).item() * x.numel()
-        losses.append(total / clips.numel())
-    return losses
-
-
 def train_and_score(args: argparse.Namespace, k: int, seed: int, clips: torch.Tensor, t_grid: list[float]) -> dict:
     """Train one K from one seed in a temporary folder; its timings, losses and validation scores."""
     config = run_config(args, k, seed)
@@ -90,8 +64,8 @@ def train_and_score(args: argparse.Namespace, k: int, seed: int, clips: torch.Te
         started = time.perf_counter()
         state = train(Path(tmp) / "run", config, callbacks=TrainCallbacks())
         seconds = time.perf_counter() - started
-    raw = video_loss(state.net, config, clips, t_grid, seed=1234, precision=args.precision)
-    ema = video_loss(state.ema, config, clips, t_grid, seed=1234, precision=args.precision)
+    raw = validation_loss(state.net, config.diffusion, clips, t_grid, seed=1234, precision=args.precision)
+    ema = validation_loss(state.ema, config.diffusion, clips, t_grid, seed=1234, precision=args.precision)
     last = state.losses[-50:]
     return {
         "image_frames": k, "seed": seed, "steps": state.step, "seconds_per_step": seconds / state.step,
@@ -131,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print_header("Joint image-video training: validation video loss after equal steps")
     val = make_dataset(run_config(args, 0, 0), split="val")
     clips = make_batch(val, list(range(args.val_clips)), 0)[0]
-    t_grid = [(i + 0.5) / args.t_points for i in range(args.t_points)]
+    t_grid = make_t_grid(args.t_points)
     print(
         f"config: mmnist32 at base width {args.base_width}, batch {args.batch}, {args.steps} steps, seeds {args.seeds}, "
         f"{args.precision}, {args.threads} threads; scored on {args.val_clips} validation clips x {len(t_grid)} t values"

@@ -27,7 +27,9 @@ from vdgen.evaluate import (
     read_clips,
     repeat_last_frame,
     shared_clips,
+    t_grid,
     table_rows,
+    validation_loss,
 )
 from vdgen.video import write_video
 
@@ -276,3 +278,54 @@ def test_cli_eval_predict_prints_a_table_and_writes_json(tiny_checkpoint, tmp_pa
     code, _, err = run_cli(["eval", "interpolate", "-c", str(tiny_checkpoint), "-n", "1", "--frames", "5",
                             "--json", str(out_json)], capsys)
     assert code == 1 and "exists" in err
+
+
+class _Zero(torch.nn.Module):
+    """A 'network' that predicts 0 everywhere: its loss is the mean square of the target."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, z, logsnr, image_mask=None):
+        return torch.zeros_like(z)
+
+
+def test_validation_loss_of_a_zero_prediction_is_the_targets_mean_square():
+    from vdgen.config import DiffusionConfig
+    from vdgen.schedule import alpha_sigma, logsnr_schedule_cosine
+
+    clips = torch.full((4, 1, 4, 16, 16), 0.5)
+    ts = t_grid(4)
+    assert ts == [0.125, 0.375, 0.625, 0.875]
+    # x-prediction: the target is x itself, whatever the noise
+    assert validation_loss(_Zero(), DiffusionConfig(parameterization="x"), clips, ts, seed=0) == pytest.approx([0.25] * 4)
+    # v = alpha eps - sigma x: E[v^2] = alpha^2 + sigma^2 x^2 (4,096 noise values per t)
+    v = validation_loss(_Zero(), DiffusionConfig(parameterization="v"), clips, ts, seed=0)
+    alpha, sigma = alpha_sigma(logsnr_schedule_cosine(torch.tensor(ts, dtype=torch.float64)))
+    expected = (alpha**2 + 0.25 * sigma**2).tolist()
+    assert v == pytest.approx(expected, abs=0.08)
+    assert v[0] > 0.9 and v[-1] < 0.45  # the grid runs from little noise (v ~ eps) to much (v ~ -x)
+
+
+def test_validation_loss_pairs_the_noise_by_seed():
+    from vdgen.config import DiffusionConfig
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 1, 3, padding=1)
+    wrapped = _Wrapped(net)
+    clips = torch.rand(3, 1, 4, 8, 8) * 2 - 1
+    a = validation_loss(wrapped, DiffusionConfig(), clips, [0.3, 0.7], seed=5)
+    assert validation_loss(wrapped, DiffusionConfig(), clips, [0.3, 0.7], seed=5) == a
+    assert validation_loss(wrapped, DiffusionConfig(), clips, [0.3, 0.7], seed=6) != a
+    with pytest.raises(ConfigError, match="at least 1 point"):
+        t_grid(0)
+
+
+class _Wrapped(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, z, logsnr, image_mask=None):
+        return self.net(z)

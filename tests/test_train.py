@@ -50,8 +50,9 @@ def masks_seen(monkeypatch) -> list[torch.Tensor | None]:
     return seen
 
 
-def test_stop_and_resume_matches_an_uninterrupted_run(tmp_path):
-    config = tiny(steps=6)
+@pytest.mark.parametrize("decay_steps", [0, 4])
+def test_stop_and_resume_matches_an_uninterrupted_run(tmp_path, decay_steps):
+    config = tiny(steps=6, decay_steps=decay_steps)
     whole = train(tmp_path / "whole", config)
     first = train(tmp_path / "split", config, max_steps=3)
     assert first.step == 3
@@ -95,6 +96,45 @@ def test_log_export_and_loss_plot(tmp_path):
 def test_warm_up_learning_rate():
     assert [learning_rate(s, 1e-3, 4) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert learning_rate(0, 1e-3, 0) == 1e-3
+
+
+def test_learning_rate_decays_linearly_over_the_last_decay_steps():
+    assert [learning_rate(s, 1e-3, 0, 10, 4) for s in range(10)] == pytest.approx(
+        [1e-3] * 7 + [7.5e-4, 5e-4, 2.5e-4]
+    )
+    # warm-up and decay overlap: the smaller factor wins
+    assert [learning_rate(s, 1e-3, 4, 6, 4) for s in range(6)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 7.5e-4, 5e-4, 2.5e-4]
+    )
+    assert learning_rate(50, 1e-3, 4, 10, 4) == 0.0  # past the end (a run resumed with fewer --steps)
+
+
+def test_a_cool_down_branch_leaves_the_constant_run_unchanged(tmp_path):
+    """`--steps N --decay-steps D` on a copy of a run decays from where it stands; the original goes on."""
+    import shutil
+
+    train(tmp_path / "main", tiny(steps=4, warmup_steps=0))
+    shutil.copytree(tmp_path / "main", tmp_path / "branch")
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(tmp_path / "branch"), "--resume", "--steps", "7", "--decay-steps", "3"])
+    assert info.value.code == 0
+    lr = tiny().train.lr
+    assert [r["lr"] for r in log_records(tmp_path / "branch")][4:] == pytest.approx([lr, 2 * lr / 3, lr / 3])
+    assert json.loads((tmp_path / "branch" / "config.json").read_text())["train"]["decay_steps"] == 3
+    continued = train(tmp_path / "main", tiny(steps=7, warmup_steps=0), resume=True)
+    assert [r["lr"] for r in log_records(tmp_path / "main")] == pytest.approx([lr] * 7)
+    branch_losses = [r["loss"] for r in log_records(tmp_path / "branch")]
+    # a step's loss is taken before its update: steps 1 to 6 see weights trained at the full rate
+    assert branch_losses[:6] == continued.losses[:6]
+    assert branch_losses[6] != continued.losses[6]
+
+
+def test_decay_longer_than_the_run_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(tmp_path / "run"), "--preset", "tiny", "--steps", "2", "--decay-steps", "3"])
+    assert info.value.code != 0
+    assert "train.decay_steps must be in [0, train.steps]" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_ema_update_formula():

@@ -103,6 +103,7 @@ class TrainConfig:
     beta2: float = 0.99
     weight_decay: float = 0.0
     warmup_steps: int = 500
+    decay_steps: int = 0  # linear decay to zero over the last decay_steps of steps; 0: constant after warm-up
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 0
@@ -123,6 +124,7 @@ class TrainConfig:
         _check(0 < self.lr < 1, "train.lr must be in (0, 1)")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
         _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(0 <= self.decay_steps <= self.steps, "train.decay_steps must be in [0, train.steps]")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables)")
         _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
         _check(self.precision in ("fp32", "bf16", "auto"), "train.precision must be fp32, bf16 or auto")

@@ -29,13 +29,17 @@ import numpy as np
 import torch
 
 from vdgen.checkpoint import LoadedModel, load_model, read_model_configs
+from vdgen.config import DiffusionConfig
 from vdgen.data import MovingMNIST
+from vdgen.diffusion import denoising_loss
 from vdgen.errors import ConfigError, VdgenError, VideoInputError
 from vdgen.frames import fit_frames, from_model, to_luma, to_model, to_rgb
 from vdgen.generate import PrecisionDenoiser, sample_videos
 from vdgen.guidance import DEFAULT_STEPS, DEFAULT_W_R, extend, interpolate, plan_extension, plan_interpolation
 from vdgen.i3d import load_i3d
 from vdgen.metrics import fvd_from_features, i3d_features, psnr, ssim
+from vdgen.precision import autocast
+from vdgen.schedule import logsnr_schedule_cosine
 from vdgen.video import read_video
 
 # progress(stage, done, total): stage names what is running ("sample a", "features b", "sample guidance", ...).
@@ -686,3 +690,41 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in (header, *rows)]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ validation loss
+
+
+def t_grid(points: int) -> list[float]:
+    """The midpoints (i + 0.5) / points of `points` equal slices of [0, 1]."""
+    if points < 1:
+        raise ConfigError(f"the t grid needs at least 1 point, got {points}")
+    return [(i + 0.5) / points for i in range(points)]
+
+
+@torch.no_grad()
+def validation_loss(
+    net: torch.nn.Module, diffusion: DiffusionConfig, clips: torch.Tensor, ts: Sequence[float], seed: int,
+    precision: str = "fp32", chunk: int = 16,
+) -> list[float]:
+    """The denoising loss (MSE in the predicted space) of `net` on clips [N, C, F, H, W], at each t of `ts`.
+
+    The training loss, without its sampling noise: the noise comes from one generator seeded with
+    `seed` and is drawn in a fixed order, so two networks (two checkpoints, or raw and EMA weights)
+    are scored on exactly the same noisy inputs, and their difference is theirs alone.
+    """
+    net.eval()
+    device = next(net.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for t in ts:
+        total = 0.0
+        for start in range(0, clips.shape[0], chunk):
+            x = clips[start : start + chunk]
+            eps = torch.randn(x.shape, generator=generator)
+            logsnr = logsnr_schedule_cosine(torch.full((x.shape[0],), float(t), dtype=torch.float64))
+            with autocast(precision, device):
+                loss = denoising_loss(net, diffusion, x.to(device), logsnr.to(device), eps.to(device))
+            total += loss.item() * x.numel()
+        losses.append(total / clips.numel())
+    return losses

@@ -71,11 +71,19 @@ class TrainState:
     losses: list[float] = field(default_factory=list)
 
 
-def learning_rate(step: int, base_lr: float, warmup_steps: int) -> float:
-    """Linear warm-up to base_lr over warmup_steps, then constant (the paper's Adam setting)."""
-    if warmup_steps <= 0:
-        return base_lr
-    return base_lr * min(1.0, (step + 1) / warmup_steps)
+def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int = 0, decay_steps: int = 0) -> float:
+    """The learning rate of optimiser step `step` (0-based).
+
+    Linear warm-up to base_lr over warmup_steps, then constant (the paper's Adam setting); with
+    decay_steps > 0, a linear decay towards zero over the last decay_steps steps before
+    total_steps (warm-up, stable, decay). The last step runs at base_lr / decay_steps. A run can
+    branch off a constant-rate run at any step with `--steps N --decay-steps D` and cool down while
+    the constant-rate run goes on.
+    """
+    factor = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+    if decay_steps > 0:
+        factor = min(factor, max(0.0, (total_steps - step) / decay_steps))
+    return base_lr * factor
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -300,7 +308,7 @@ def train(
             if dist.is_main and (state.step % t.log_every == 0 or state.step == last_step):
                 elapsed = time.monotonic() - window_start
                 rate = window_samples / max(elapsed, 1e-9)
-                lr = learning_rate(state.step - 1, t.lr, t.warmup_steps)
+                lr = learning_rate(state.step - 1, t.lr, t.warmup_steps, t.steps, t.decay_steps)
                 recent = state.losses[-t.log_every :]
                 _append_log(run_dir, {"step": state.step, "loss": sum(recent) / len(recent), "lr": lr, "samples_per_s": rate})
                 if callbacks.on_step:
@@ -337,7 +345,7 @@ def _train_step(
     x, image_mask = make_batch(dataset, list(range(first, first + t.batch_size)), t.image_frames)
     x = x.to(device)
     image_mask = None if image_mask is None else image_mask.to(device)
-    lr = learning_rate(state.step, t.lr, t.warmup_steps)
+    lr = learning_rate(state.step, t.lr, t.warmup_steps, t.steps, t.decay_steps)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     model.train()

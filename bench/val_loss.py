@@ -1,0 +1,107 @@
+"""Validation denoising loss of one or more checkpoints, on the same held-out clips and the same noise.
+
+    python bench/val_loss.py weights/vdgen-mmnist32.safetensors runs/mmnist32/model.safetensors
+    python bench/val_loss.py A.safetensors B.safetensors --clips 256 --t-points 20 --precision bf16
+
+The training loss is a noisy estimate (16 clips, one random t each, per step); this scores each
+checkpoint on `--clips` Moving MNIST validation clips (mnist_5k digits, never trained on) at every t
+of a fixed grid, with noise from one seeded generator drawn in the same order for every checkpoint.
+Differences between rows are then the checkpoints' own, far below the training loss's step-to-step
+noise. The loss is the MSE in the checkpoint's predicted space (v for the shipped model); the table
+also splits it into low t (little noise) and high t. The last column is the change against the
+first checkpoint. A second `--noise-seed` gives the noise of the estimate itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from vdgen.checkpoint import load_model
+from vdgen.data import MovingMNIST, make_batch
+from vdgen.errors import VdgenError
+from vdgen.evaluate import t_grid, validation_loss
+from vdgen.precision import resolve_precision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import print_header, set_threads  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="model .safetensors files (vdgen checkpoint format)")
+    parser.add_argument("--clips", type=int, default=128, help="validation clips (default 128)")
+    parser.add_argument("--t-points", type=int, default=10, help="t grid (i + 0.5) / n for i < n (default 10)")
+    parser.add_argument("--noise-seed", default="1234", help="comma-separated noise seeds, each a full pass (default 1234)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="scoring (default fp32)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(s) for s in args.noise_seed.split(",")]
+    except ValueError:
+        parser.error(f"--noise-seed must be comma-separated integers, got {args.noise_seed!r}")
+    if args.clips < 1 or args.t_points < 1:
+        parser.error("--clips and --t-points must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.threads = set_threads(args.threads)
+    args.precision = resolve_precision(args.precision, "cpu")
+    try:
+        models = [load_model(path) for path in args.checkpoints]
+    except VdgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    shapes = {(m.model_config.channels, m.model_config.frames, m.model_config.height, m.model_config.width) for m in models}
+    if len(shapes) != 1:
+        print(f"error: the checkpoints have different clip shapes {sorted(shapes)}; they cannot share validation clips", file=sys.stderr)
+        return 2
+    channels, frames, height, width = shapes.pop()
+    if channels != 1 or height != width or height not in (16, 32, 64):
+        print(f"error: Moving MNIST gives 1 channel at 16, 32 or 64 px; the checkpoints are {channels}x{height}x{width}", file=sys.stderr)
+        return 2
+    print_header("Validation denoising loss: the same clips, t grid and noise for every checkpoint")
+    clips = make_batch(MovingMNIST(frames=frames, size=height, split="val"), list(range(args.clips)), 0)[0]
+    ts = t_grid(args.t_points)
+    print(f"{args.clips} Moving MNIST validation clips of {frames}x{height}x{width}, {len(ts)} t values, "
+          f"noise seeds {args.noise_seed}, {args.precision}, {args.threads} threads")
+    results = []
+    for model in models:
+        started = time.perf_counter()
+        by_seed = [validation_loss(model.net, model.diffusion_config, clips, ts, seed, args.precision) for seed in args.seeds]
+        by_t = [sum(values) / len(values) for values in zip(*by_seed)]
+        results.append({
+            "checkpoint": str(model.path), "steps": model.provenance.get("steps"),
+            "loss": sum(by_t) / len(by_t), "loss_by_seed": [sum(v) / len(v) for v in by_seed], "loss_by_t": by_t,
+            "seconds": time.perf_counter() - started,
+        })
+        print(f"  {model.path}: {results[-1]['loss']:.5f} ({results[-1]['seconds']:.0f} s)", flush=True)
+
+    half = len(ts) // 2
+    base = results[0]["loss"]
+    print()
+    print("| checkpoint | training steps | val loss | t < 0.5 | t > 0.5 | per noise seed | vs first |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        low, high = r["loss_by_t"][:half] or r["loss_by_t"], r["loss_by_t"][half:]
+        seeds = " / ".join(f"{v:.5f}" for v in r["loss_by_seed"])
+        print(f"| {r['checkpoint']} | {r['steps']} | {r['loss']:.5f} | {sum(low) / len(low):.5f} | "
+              f"{sum(high) / len(high):.5f} | {seeds} | {100 * (r['loss'] / base - 1):+.2f}% |")
+    if len(args.seeds) > 1:
+        spread = max(100 * (max(r["loss_by_seed"]) - min(r["loss_by_seed"])) / r["loss"] for r in results)
+        print(f"\nlargest spread between noise seeds within one checkpoint: {spread:.2f}% (the estimate's own noise; "
+              "the same seeds are paired across checkpoints, so their differences are less noisy than this)")
+    if args.json:
+        payload = {"args": {k: str(v) for k, v in vars(args).items()}, "t_grid": ts, "results": results}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
