@@ -8,7 +8,7 @@ checkpoint on `--clips` Moving MNIST validation clips (mnist_5k digits, never tr
 of a fixed grid, with noise from one seeded generator drawn in the same order for every checkpoint.
 Differences between rows are then the checkpoints' own, far below the training loss's step-to-step
 noise. The loss is the MSE in the checkpoint's predicted space (v for the shipped model); the table
-also splits it into low t (little noise) and high t. The last column is the change against the
+also splits it into t < 0.5 (little noise) and t >= 0.5. The last column is the change against the
 first checkpoint. A second `--noise-seed` gives the noise of the estimate itself.
 """
 
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="model .safetensors files (vdgen checkpoint format)")
     parser.add_argument("--clips", type=int, default=128, help="validation clips (default 128)")
-    parser.add_argument("--t-points", type=int, default=10, help="t grid (i + 0.5) / n for i < n (default 10)")
+    parser.add_argument("--t-points", type=int, default=10, help="t grid (i + 0.5) / n for i < n, n >= 2 (default 10)")
     parser.add_argument("--noise-seed", default="1234", help="comma-separated noise seeds, each a full pass (default 1234)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="scoring (default fp32)")
@@ -44,8 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.noise_seed.split(",")]
     except ValueError:
         parser.error(f"--noise-seed must be comma-separated integers, got {args.noise_seed!r}")
-    if args.clips < 1 or args.t_points < 1:
-        parser.error("--clips and --t-points must be >= 1")
+    if args.clips < 1 or args.t_points < 2:
+        parser.error("--clips must be >= 1 and --t-points >= 2")
+    if args.json and not args.json.parent.is_dir():
+        parser.error(f"--json: folder {args.json.parent} does not exist")
     return args
 
 
@@ -57,15 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         models = [load_model(path) for path in args.checkpoints]
     except VdgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     shapes = {(m.model_config.channels, m.model_config.frames, m.model_config.height, m.model_config.width) for m in models}
     if len(shapes) != 1:
         print(f"error: the checkpoints have different clip shapes {sorted(shapes)}; they cannot share validation clips", file=sys.stderr)
-        return 2
+        return 1
     channels, frames, height, width = shapes.pop()
     if channels != 1 or height != width or height not in (16, 32, 64):
         print(f"error: Moving MNIST gives 1 channel at 16, 32 or 64 px; the checkpoints are {channels}x{height}x{width}", file=sys.stderr)
-        return 2
+        return 1
     print_header("Validation denoising loss: the same clips, t grid and noise for every checkpoint")
     clips = make_batch(MovingMNIST(frames=frames, size=height, split="val"), list(range(args.clips)), 0)[0]
     ts = t_grid(args.t_points)
@@ -86,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     half = len(ts) // 2
     base = results[0]["loss"]
     print()
-    print("| checkpoint | training steps | val loss | t < 0.5 | t > 0.5 | per noise seed | vs first |")
+    print("| checkpoint | training steps | val loss | t < 0.5 | t >= 0.5 | per noise seed | vs first |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        low, high = r["loss_by_t"][:half] or r["loss_by_t"], r["loss_by_t"][half:]
+        low, high = r["loss_by_t"][:half], r["loss_by_t"][half:]
         seeds = " / ".join(f"{v:.5f}" for v in r["loss_by_seed"])
         print(f"| {r['checkpoint']} | {r['steps']} | {r['loss']:.5f} | {sum(low) / len(low):.5f} | "
               f"{sum(high) / len(high):.5f} | {seeds} | {100 * (r['loss'] / base - 1):+.2f}% |")

@@ -306,6 +306,10 @@ def test_validation_loss_of_a_zero_prediction_is_the_targets_mean_square():
     expected = (alpha**2 + 0.25 * sigma**2).tolist()
     assert v == pytest.approx(expected, abs=0.08)
     assert v[0] > 0.9 and v[-1] < 0.45  # the grid runs from little noise (v ~ eps) to much (v ~ -x)
+    # partial chunks weigh by their size: clips of 0.5, 0.5 and 1.0, two per chunk
+    mixed = torch.cat([torch.full((2, 1, 4, 16, 16), 0.5), torch.full((1, 1, 4, 16, 16), 1.0)])
+    x_loss = validation_loss(_Zero(), DiffusionConfig(parameterization="x"), mixed, [0.5], seed=0, chunk=2)
+    assert x_loss == pytest.approx([(0.25 + 0.25 + 1.0) / 3])
 
 
 def test_validation_loss_pairs_the_noise_by_seed():

@@ -100,13 +100,15 @@ def test_warm_up_learning_rate():
 
 def test_learning_rate_decays_linearly_over_the_last_decay_steps():
     assert [learning_rate(s, 1e-3, 0, 10, 4) for s in range(10)] == pytest.approx(
-        [1e-3] * 7 + [7.5e-4, 5e-4, 2.5e-4]
+        [1e-3] * 6 + [8e-4, 6e-4, 4e-4, 2e-4]
     )
     # warm-up and decay overlap: the smaller factor wins
     assert [learning_rate(s, 1e-3, 4, 6, 4) for s in range(6)] == pytest.approx(
-        [2.5e-4, 5e-4, 7.5e-4, 7.5e-4, 5e-4, 2.5e-4]
+        [2.5e-4, 5e-4, 7.5e-4, 6e-4, 4e-4, 2e-4]
     )
-    assert learning_rate(50, 1e-3, 4, 10, 4) == 0.0  # past the end (a run resumed with fewer --steps)
+    assert learning_rate(9, 1e-3, 0, 10, 1) == pytest.approx(5e-4)  # one decay step is a real one
+    with pytest.raises(ValueError, match="needs total_steps"):
+        learning_rate(0, 1e-3, 0, 0, 4)
 
 
 def test_a_cool_down_branch_leaves_the_constant_run_unchanged(tmp_path):
@@ -119,14 +121,22 @@ def test_a_cool_down_branch_leaves_the_constant_run_unchanged(tmp_path):
         main(["train", str(tmp_path / "branch"), "--resume", "--steps", "7", "--decay-steps", "3"])
     assert info.value.code == 0
     lr = tiny().train.lr
-    assert [r["lr"] for r in log_records(tmp_path / "branch")][4:] == pytest.approx([lr, 2 * lr / 3, lr / 3])
+    assert [r["lr"] for r in log_records(tmp_path / "branch")][4:] == pytest.approx([0.75 * lr, 0.5 * lr, 0.25 * lr])
     assert json.loads((tmp_path / "branch" / "config.json").read_text())["train"]["decay_steps"] == 3
     continued = train(tmp_path / "main", tiny(steps=7, warmup_steps=0), resume=True)
     assert [r["lr"] for r in log_records(tmp_path / "main")] == pytest.approx([lr] * 7)
     branch_losses = [r["loss"] for r in log_records(tmp_path / "branch")]
-    # a step's loss is taken before its update: steps 1 to 6 see weights trained at the full rate
-    assert branch_losses[:6] == continued.losses[:6]
-    assert branch_losses[6] != continued.losses[6]
+    # a step's loss is taken before its update: steps 1 to 5 see weights trained at the full rate
+    assert branch_losses[:5] == continued.losses[:5]
+    assert branch_losses[5] != continued.losses[5]
+
+
+def test_resuming_inside_the_decay_says_so(tmp_path):
+    train(tmp_path / "run", tiny(steps=3, warmup_steps=0))
+    messages: list[str] = []
+    train(tmp_path / "run", tiny(steps=5, warmup_steps=0, decay_steps=4), resume=True,
+          callbacks=TrainCallbacks(on_message=messages.append))
+    assert any("decays over steps 2 to 5; resuming after step 3, the next step at 0.40 of lr" in m for m in messages)
 
 
 def test_decay_longer_than_the_run_is_a_one_line_error(tmp_path, capsys):

@@ -682,7 +682,7 @@ def train(
     preset: Annotated[str, typer.Option("--preset", help="Named config: mmnist32 (the shipped model), mmnist64, tiny.")] = "mmnist32",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR exactly where it stopped.")] = False,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Total training steps (overrides the config).")] = None,
-    decay_steps: Annotated[Optional[int], typer.Option("--decay-steps", min=0, help="Decay the learning rate linearly to zero over the last N of --steps (0: constant).")] = None,
+    decay_steps: Annotated[Optional[int], typer.Option("--decay-steps", min=0, help="Decay the learning rate linearly towards zero over the last N of --steps (0: constant).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size per process.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="moving-mnist, or a folder of videos or images.")] = None,
     image_frames: Annotated[Optional[int], typer.Option("--image-frames", min=0, help="K images per video (joint training).")] = None,

@@ -103,7 +103,7 @@ class TrainConfig:
     beta2: float = 0.99
     weight_decay: float = 0.0
     warmup_steps: int = 500
-    decay_steps: int = 0  # linear decay to zero over the last decay_steps of steps; 0: constant after warm-up
+    decay_steps: int = 0  # linear decay towards zero over the last decay_steps of steps; 0: constant after warm-up
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 0

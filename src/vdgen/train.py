@@ -75,14 +75,16 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int
     """The learning rate of optimiser step `step` (0-based).
 
     Linear warm-up to base_lr over warmup_steps, then constant (the paper's Adam setting); with
-    decay_steps > 0, a linear decay towards zero over the last decay_steps steps before
-    total_steps (warm-up, stable, decay). The last step runs at base_lr / decay_steps. A run can
-    branch off a constant-rate run at any step with `--steps N --decay-steps D` and cool down while
-    the constant-rate run goes on.
+    decay_steps = D > 0, the last D steps before total_steps decay linearly towards zero, at
+    D / (D + 1), ..., 1 / (D + 1) of base_lr (warm-up, stable, decay). Where the two overlap the
+    smaller factor wins. A copy of a constant-rate run resumed with total_steps = its step + D
+    branches a cool-down off it while the original goes on.
     """
+    if decay_steps > 0 and total_steps < decay_steps:
+        raise ValueError(f"a decay over {decay_steps} steps needs total_steps >= {decay_steps}, got {total_steps}")
     factor = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
     if decay_steps > 0:
-        factor = min(factor, max(0.0, (total_steps - step) / decay_steps))
+        factor = min(factor, max(0.0, (total_steps - step) / (decay_steps + 1)))
     return base_lr * factor
 
 
@@ -278,6 +280,12 @@ def train(
     state = load_state(run_dir, config, dev) if resume and (run_dir / "state.safetensors").exists() else new_state(config, dev)
     if resume and dist.is_main:
         _drop_log_records_after(run_dir, state.step)
+    decay_from = t.steps - t.decay_steps
+    if resume and t.decay_steps and state.step > decay_from and callbacks.on_message and dist.is_main:
+        callbacks.on_message(
+            f"the learning rate decays over steps {decay_from + 1} to {t.steps}; resuming after step {state.step}, "
+            f"the next step at {learning_rate(state.step, t.lr, t.warmup_steps, t.steps, t.decay_steps) / t.lr:.2f} of lr {t.lr:g}"
+        )
     if resume and state.step == 0 and callbacks.on_message and dist.is_main:
         callbacks.on_message(f"no saved state in {run_dir}; starting from step 0")
     model: nn.Module = state.net
