@@ -23,10 +23,12 @@ def main(run_dir: str, since: int = 0, until: int | None = None) -> None:
     config = json.loads((run / "config.json").read_text())
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     batch = config["train"]["batch_size"]
-    previous = max((r["step"] for r in records if r["step"] <= since), default=0)
+    earlier = [r["step"] for r in records if r["step"] <= since]
     records = [r for r in records if r["step"] > since and (until is None or r["step"] <= until)]
     if not records:
         sys.exit(f"no logged steps in ({since}, {until}]")
+    # A log that starts mid-run (a branch keeps only its own steps) starts one window before its first line.
+    previous = max(earlier) if earlier else max(since, records[0]["step"] - config["train"]["log_every"])
     start, seconds = previous, 0.0
     for record in records:
         steps = record["step"] - previous
