@@ -22,7 +22,7 @@ import torch
 
 from vdgen.checkpoint import load_model
 
-TIMEOUT_S = 60
+TIMEOUT_S = 120
 
 ENTRY = r'''
 import dataclasses, hashlib, json, os, sys
@@ -38,7 +38,8 @@ run_dir, report_dir = Path(sys.argv[1]), Path(sys.argv[2])
 rank = int(os.environ["RANK"])
 
 # Can gloo start here? (no local TCP in some sandboxes)
-dist.init_process_group("gloo")
+# (on a port of its own: rebinding MASTER_PORT right after this group's store closed could stall)
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['PROBE_PORT']}", rank=rank, world_size=2)
 probe = torch.ones(1)
 dist.all_reduce(probe)
 dist.destroy_process_group()
@@ -87,13 +88,16 @@ def test_two_ranks_stay_in_sync_and_only_rank_0_writes(tmp_path):
     reports.mkdir()
     # What torchrun does for --nproc_per_node 2, done by hand so that every worker can be killed on a
     # hang (torchrun puts each worker in a session of its own) and gloo is pinned to loopback.
-    port = _free_port()
+    port, probe_port = _free_port(), _free_port()
+    while probe_port == port:
+        probe_port = _free_port()
     procs, logs = [], []
     for rank in range(2):
         env = {
             **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
             "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PROBE_PORT": str(probe_port),
+            "GLOO_SOCKET_IFNAME": "lo",
         }
         log = open(tmp_path / f"rank{rank}.log", "w+")
         logs.append(log)
