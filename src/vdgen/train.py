@@ -28,7 +28,7 @@ from torch import nn
 
 from vdgen.atomic import write_text_atomic
 from vdgen.checkpoint import build_network, load_tensors, save_model, save_tensors
-from vdgen.config import RunConfig, from_dict, load_run_config, to_dict
+from vdgen.config import RunConfig, TrainConfig, from_dict, load_run_config, to_dict
 from vdgen.data import ClipDataset, MovingMNIST, make_batch
 from vdgen.diffusion import training_loss
 from vdgen.errors import TrainingError
@@ -86,6 +86,11 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int
     if decay_steps > 0:
         factor = min(factor, max(0.0, (total_steps - step) / (decay_steps + 1)))
     return base_lr * factor
+
+
+def _rate(t: TrainConfig, step: int) -> float:
+    """learning_rate for step `step` of the run `t` configures."""
+    return learning_rate(step, t.lr, t.warmup_steps, t.steps, t.decay_steps)
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -284,7 +289,7 @@ def train(
     if resume and t.decay_steps and state.step > decay_from and callbacks.on_message and dist.is_main:
         callbacks.on_message(
             f"the learning rate decays over steps {decay_from + 1} to {t.steps}; resuming after step {state.step}, "
-            f"the next step at {learning_rate(state.step, t.lr, t.warmup_steps, t.steps, t.decay_steps) / t.lr:.2f} of lr {t.lr:g}"
+            f"the next step at {_rate(t, state.step) / t.lr:.2f} of lr {t.lr:g}"
         )
     if resume and state.step == 0 and callbacks.on_message and dist.is_main:
         callbacks.on_message(f"no saved state in {run_dir}; starting from step 0")
@@ -316,7 +321,7 @@ def train(
             if dist.is_main and (state.step % t.log_every == 0 or state.step == last_step):
                 elapsed = time.monotonic() - window_start
                 rate = window_samples / max(elapsed, 1e-9)
-                lr = learning_rate(state.step - 1, t.lr, t.warmup_steps, t.steps, t.decay_steps)
+                lr = _rate(t, state.step - 1)
                 recent = state.losses[-t.log_every :]
                 _append_log(run_dir, {"step": state.step, "loss": sum(recent) / len(recent), "lr": lr, "samples_per_s": rate})
                 if callbacks.on_step:
@@ -353,7 +358,7 @@ def _train_step(
     x, image_mask = make_batch(dataset, list(range(first, first + t.batch_size)), t.image_frames)
     x = x.to(device)
     image_mask = None if image_mask is None else image_mask.to(device)
-    lr = learning_rate(state.step, t.lr, t.warmup_steps, t.steps, t.decay_steps)
+    lr = _rate(t, state.step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     model.train()
