@@ -10,6 +10,9 @@ Differences between rows are then the checkpoints' own, far below the training l
 noise. The loss is the MSE in the checkpoint's predicted space (v for the shipped model); the table
 also splits it into t < 0.5 (little noise) and t >= 0.5. The last column is the change against the
 first checkpoint. A second `--noise-seed` gives the noise of the estimate itself.
+`--independent-frames` scores every checkpoint a second time with each frame marked as an independent
+image (temporal attention masked to the identity), on the same noise: the ratio of the two losses is
+how much the network draws on the other frames, a check that its temporal layers are in use.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise-seed", default="1234", help="comma-separated noise seeds, each a full pass (default 1234)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="scoring (default fp32)")
+    parser.add_argument("--independent-frames", action="store_true",
+                        help="also score with temporal attention masked to the identity (frames as independent images)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     try:
@@ -77,12 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         started = time.perf_counter()
         by_seed = [validation_loss(model.net, model.diffusion_config, clips, ts, seed, args.precision) for seed in args.seeds]
-        by_t = [sum(values) / len(values) for values in zip(*by_seed)]
+        by_t = mean_over_seeds(by_seed)
         results.append({
             "checkpoint": str(model.path), "steps": model.provenance.get("steps"),
             "loss": sum(by_t) / len(by_t), "loss_by_seed": [sum(v) / len(v) for v in by_seed], "loss_by_t": by_t,
-            "seconds": time.perf_counter() - started,
         })
+        if args.independent_frames:
+            alone = mean_over_seeds([
+                validation_loss(model.net, model.diffusion_config, clips, ts, seed, args.precision, independent_frames=True)
+                for seed in args.seeds
+            ])
+            results[-1].update(independent_loss=sum(alone) / len(alone), independent_loss_by_t=alone)
+        results[-1]["seconds"] = time.perf_counter() - started
         print(f"  {model.path}: {results[-1]['loss']:.5f} ({results[-1]['seconds']:.0f} s)", flush=True)
 
     half = len(ts) // 2
@@ -99,10 +110,29 @@ def main(argv: list[str] | None = None) -> int:
         spread = max(100 * (max(r["loss_by_seed"]) - min(r["loss_by_seed"])) / r["loss"] for r in results)
         print(f"\nlargest spread between noise seeds within one checkpoint: {spread:.2f}% (the estimate's own noise; "
               "the same seeds are paired across checkpoints, so their differences are less noisy than this)")
+    if args.independent_frames:
+        print_independent_frames(results, ts)
     if args.json:
         payload = {"args": {k: str(v) for k, v in vars(args).items()}, "t_grid": ts, "results": results}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
+
+
+def mean_over_seeds(by_seed: list[list[float]]) -> list[float]:
+    """Per-t means over noise seeds."""
+    return [sum(values) / len(values) for values in zip(*by_seed)]
+
+
+def print_independent_frames(results: list[dict], ts: list[float]) -> None:
+    """The loss with and without the other frames in view, and their ratio, overall and per t."""
+    print("\nFrames as independent images (temporal attention masked to the identity), the same noise:")
+    print("| checkpoint | val loss | frames independent | ratio | " + " | ".join(f"t={t:.2f}" for t in ts) + " |")
+    print("|---" * (4 + len(ts)) + "|")
+    for r in results:
+        ratios = " | ".join(f"{a / b:.2f}" for a, b in zip(r["independent_loss_by_t"], r["loss_by_t"]))
+        print(f"| {r['checkpoint']} | {r['loss']:.5f} | {r['independent_loss']:.5f} | "
+              f"{r['independent_loss'] / r['loss']:.2f} | {ratios} |")
+    print("(a ratio near 1 at middle t means the network denoises each frame on its own: its temporal layers are not used)")
 
 
 if __name__ == "__main__":

@@ -333,3 +333,33 @@ class _Wrapped(torch.nn.Module):
 
     def forward(self, z, logsnr, image_mask=None):
         return self.net(z)
+
+
+class _MaskRecorder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+        self.masks = []
+
+    def forward(self, z, logsnr, image_mask=None):
+        self.masks.append(image_mask)
+        return torch.zeros_like(z)
+
+
+def test_validation_loss_with_independent_frames_masks_every_frame(make_net):
+    from vdgen.config import DiffusionConfig
+
+    recorder = _MaskRecorder()
+    clips = torch.zeros(3, 1, 4, 16, 16)
+    validation_loss(recorder, DiffusionConfig(), clips, [0.5], seed=0, chunk=2)
+    assert recorder.masks == [None, None]
+    recorder.masks.clear()
+    validation_loss(recorder, DiffusionConfig(), clips, [0.5], seed=0, chunk=2, independent_frames=True)
+    assert [tuple(m.shape) for m in recorder.masks] == [(2, 4), (1, 4)]
+    assert all(m.dtype == torch.bool and bool(m.all()) for m in recorder.masks)
+    # on a real (randomised) U-Net the masked score differs: its temporal attention sees other frames
+    net = make_net()
+    clips = torch.rand(2, 1, 4, 16, 16) * 2 - 1
+    normal = validation_loss(net, DiffusionConfig(), clips, [0.3, 0.7], seed=1)
+    alone = validation_loss(net, DiffusionConfig(), clips, [0.3, 0.7], seed=1, independent_frames=True)
+    assert all(abs(a - b) > 1e-6 for a, b in zip(normal, alone))

@@ -705,13 +705,16 @@ def t_grid(points: int) -> list[float]:
 @torch.no_grad()
 def validation_loss(
     net: torch.nn.Module, diffusion: DiffusionConfig, clips: torch.Tensor, ts: Sequence[float], seed: int,
-    precision: str = "fp32", chunk: int = 16,
+    precision: str = "fp32", chunk: int = 16, independent_frames: bool = False,
 ) -> list[float]:
     """The denoising loss (MSE in the predicted space) of `net` on clips [N, C, F, H, W], at each t of `ts`.
 
     The training loss, without its sampling noise: the noise comes from one generator seeded with
     `seed` and is drawn in a fixed order, so two networks (two checkpoints, or raw and EMA weights)
     are scored on exactly the same noisy inputs, and their difference is theirs alone.
+    `independent_frames` marks every frame as an independent image (temporal attention masked to the
+    identity, as for joint training's image frames): the gap to the normal score, on the same noise,
+    is what the network gains from seeing the other frames.
     """
     net.eval()
     device = next(net.parameters()).device
@@ -723,8 +726,9 @@ def validation_loss(
             x = clips[start : start + chunk]
             eps = torch.randn(x.shape, generator=generator)
             logsnr = logsnr_schedule_cosine(torch.full((x.shape[0],), float(t), dtype=torch.float64))
+            mask = torch.ones(x.shape[0], x.shape[2], dtype=torch.bool, device=device) if independent_frames else None
             with autocast(precision, device):
-                loss = denoising_loss(net, diffusion, x.to(device), logsnr.to(device), eps.to(device))
+                loss = denoising_loss(net, diffusion, x.to(device), logsnr.to(device), eps.to(device), mask)
             total += loss.item() * x.numel()
         losses.append(total / clips.numel())
     return losses
