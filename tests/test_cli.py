@@ -79,12 +79,26 @@ def test_generate_writes_video_sidecar_and_preview(cli, tiny_checkpoint, tmp_pat
     video = frames_of(tmp_path / "out.mp4")
     assert video.shape == (4, 16, 16, 3)
     sidecar = json.loads((tmp_path / "out.mp4.json").read_text())
-    assert sidecar["seed"] == 7 and sidecar["steps"] == 2 and sidecar["sampler"] == "ancestral"
+    assert sidecar["seed"] == 7 and sidecar["steps"] == 2 and sidecar["sampler"] == "pc"
     assert sidecar["checkpoint"] == str(tiny_checkpoint)
     assert sidecar["frames"] == 4 and sidecar["command"] == "generate"
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     preview = frames_of(tmp_path / "out.png")
     assert preview.shape[0] == 1 and preview.shape[2] > 4 * 16  # one image: a contact sheet of the 4 frames
+
+
+def test_generate_defaults_to_pc_at_the_cost_of_256_ancestral_steps(cli, tiny_checkpoint, tmp_path):
+    from vdgen.cli import generate_steps
+
+    assert [generate_steps(name) for name in ("pc", "ancestral", "ddim", "dpm++")] == [128, 256, 256, 256]
+    code, _, err = cli("generate", "-c", tiny_checkpoint, "--seed", "1", "--device", "cpu", "-o", "default.gif")
+    assert code == 0, err
+    assert "pc 128 steps" in err
+    sidecar = json.loads((tmp_path / "default.gif.json").read_text())
+    assert (sidecar["sampler"], sidecar["steps"]) == ("pc", 128)
+    code, _, err = cli("generate", "-c", tiny_checkpoint, "--sampler", "ddim", "--seed", "1", "--device", "cpu", "-o", "d.gif")
+    assert code == 0, err
+    assert json.loads((tmp_path / "d.gif.json").read_text())["steps"] == 256
 
 
 def test_sidecar_records_a_checkpoint_under_the_working_directory_relative(cli, tiny_checkpoint, tmp_path):

@@ -261,6 +261,24 @@ def test_cli_eval_fvd_refuses_a_set_against_itself(capsys):
     assert code == 1 and "share 4 clips" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_eval_fvd_samples_a_checkpoint_as_generate_does_by_default(tiny_checkpoint, capsys, monkeypatch):
+    import vdgen.evaluate
+
+    seen = []
+
+    def capture(a, b, *args, **kwargs):
+        seen.append(a)
+        raise ConfigError("stopped before sampling")
+
+    monkeypatch.setattr(vdgen.evaluate, "fvd", capture)
+    code, _, err = run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "-n", "2"], capsys)
+    assert code == 1 and "stopped before sampling" in err
+    assert isinstance(seen[0], CheckpointSource) and (seen[0].sampler, seen[0].steps) == ("pc", 128)
+    run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "--sampler", "dpm++"], capsys)
+    run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "--sampler", "ddim", "--steps", "9"], capsys)
+    assert [(s.sampler, s.steps) for s in seen[1:]] == [("dpm++", 256), ("ddim", 9)]
+
+
 def test_cli_eval_predict_prints_a_table_and_writes_json(tiny_checkpoint, tmp_path, capsys):
     out_json = tmp_path / "predict.json"
     code, out, err = run_cli(
