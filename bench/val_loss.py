@@ -86,14 +86,20 @@ def main(argv: list[str] | None = None) -> int:
         results.append({
             "checkpoint": str(model.path), "steps": model.provenance.get("steps"),
             "loss": sum(by_t) / len(by_t), "loss_by_seed": [sum(v) / len(v) for v in by_seed], "loss_by_t": by_t,
+            "seconds": time.perf_counter() - started,
         })
         if args.independent_frames:
-            alone = mean_over_seeds([
+            started = time.perf_counter()
+            alone_by_seed = [
                 validation_loss(model.net, model.diffusion_config, clips, ts, seed, args.precision, independent_frames=True)
                 for seed in args.seeds
-            ])
-            results[-1].update(independent_loss=sum(alone) / len(alone), independent_loss_by_t=alone)
-        results[-1]["seconds"] = time.perf_counter() - started
+            ]
+            alone = mean_over_seeds(alone_by_seed)
+            results[-1].update(
+                independent_loss=sum(alone) / len(alone), independent_loss_by_t=alone,
+                independent_loss_by_seed=[sum(v) / len(v) for v in alone_by_seed],
+                independent_seconds=time.perf_counter() - started,
+            )
         print(f"  {model.path}: {results[-1]['loss']:.5f} ({results[-1]['seconds']:.0f} s)", flush=True)
 
     half = len(ts) // 2
@@ -126,12 +132,14 @@ def mean_over_seeds(by_seed: list[list[float]]) -> list[float]:
 def print_independent_frames(results: list[dict], ts: list[float]) -> None:
     """The loss with and without the other frames in view, and their ratio, overall and per t."""
     print("\nFrames as independent images (temporal attention masked to the identity), the same noise:")
-    print("| checkpoint | val loss | frames independent | ratio | " + " | ".join(f"t={t:.2f}" for t in ts) + " |")
-    print("|---" * (4 + len(ts)) + "|")
+    print("| checkpoint | val loss | frames independent | ratio | ratio per noise seed | "
+          + " | ".join(f"t={t:.2f}" for t in ts) + " |")
+    print("|---" * (5 + len(ts)) + "|")
     for r in results:
         ratios = " | ".join(f"{a / b:.2f}" for a, b in zip(r["independent_loss_by_t"], r["loss_by_t"]))
+        by_seed = " / ".join(f"{a / b:.2f}" for a, b in zip(r["independent_loss_by_seed"], r["loss_by_seed"]))
         print(f"| {r['checkpoint']} | {r['loss']:.5f} | {r['independent_loss']:.5f} | "
-              f"{r['independent_loss'] / r['loss']:.2f} | {ratios} |")
+              f"{r['independent_loss'] / r['loss']:.2f} | {by_seed} | {ratios} |")
     print("(a ratio near 1 at middle t means the network denoises each frame on its own: its temporal layers are not used)")
 
 

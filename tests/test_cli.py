@@ -87,18 +87,26 @@ def test_generate_writes_video_sidecar_and_preview(cli, tiny_checkpoint, tmp_pat
     assert preview.shape[0] == 1 and preview.shape[2] > 4 * 16  # one image: a contact sheet of the 4 frames
 
 
-def test_generate_defaults_to_pc_at_the_cost_of_256_ancestral_steps(cli, tiny_checkpoint, tmp_path):
-    from vdgen.cli import generate_steps
-
-    assert [generate_steps(name) for name in ("pc", "ancestral", "ddim", "dpm++")] == [128, 256, 256, 256]
+def test_generate_defaults_to_pc_at_the_cost_of_256_ancestral_steps(cli, tiny_checkpoint, tmp_path, monkeypatch):
     code, _, err = cli("generate", "-c", tiny_checkpoint, "--seed", "1", "--device", "cpu", "-o", "default.gif")
     assert code == 0, err
     assert "pc 128 steps" in err
     sidecar = json.loads((tmp_path / "default.gif.json").read_text())
     assert (sidecar["sampler"], sidecar["steps"]) == ("pc", 128)
-    code, _, err = cli("generate", "-c", tiny_checkpoint, "--sampler", "ddim", "--seed", "1", "--device", "cpu", "-o", "d.gif")
-    assert code == 0, err
-    assert json.loads((tmp_path / "d.gif.json").read_text())["steps"] == 256
+    # another sampler without --steps gets 256 (one network evaluation per step)
+    import vdgen.generate
+
+    calls = []
+
+    def record(net, model_config, diffusion_config, seeds, *, steps, sampler, **kwargs):
+        calls.append((sampler, steps))
+        return np.zeros((len(seeds), 4, 16, 16, 1), np.uint8)
+
+    monkeypatch.setattr(vdgen.generate, "sample_videos", record)
+    for sampler in ("ddim", "ancestral"):
+        code, _, err = cli("generate", "-c", tiny_checkpoint, "--sampler", sampler, "--device", "cpu", "-o", f"{sampler}.gif")
+        assert code == 0, err
+    assert calls == [("ddim", 256), ("ancestral", 256)]
 
 
 def test_sidecar_records_a_checkpoint_under_the_working_directory_relative(cli, tiny_checkpoint, tmp_path):

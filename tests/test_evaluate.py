@@ -274,9 +274,12 @@ def test_cli_eval_fvd_samples_a_checkpoint_as_generate_does_by_default(tiny_chec
     code, _, err = run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "-n", "2"], capsys)
     assert code == 1 and "stopped before sampling" in err
     assert isinstance(seen[0], CheckpointSource) and (seen[0].sampler, seen[0].steps) == ("pc", 128)
-    run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "--sampler", "dpm++"], capsys)
-    run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "--sampler", "ddim", "--steps", "9"], capsys)
+    for extra in (["--sampler", "dpm++"], ["--sampler", "ddim", "--steps", "9"]):
+        assert run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", *extra], capsys)[0] == 1
     assert [(s.sampler, s.steps) for s in seen[1:]] == [("dpm++", 256), ("ddim", 9)]
+    # the library agrees: a checkpoint source without sampler or steps samples as generate does
+    source = parse_source(str(tiny_checkpoint))
+    assert (source.sampler, source.steps) == ("pc", 128)
 
 
 def test_cli_eval_predict_prints_a_table_and_writes_json(tiny_checkpoint, tmp_path, capsys):
@@ -369,10 +372,11 @@ def test_validation_loss_with_independent_frames_masks_every_frame(make_net):
 
     recorder = _MaskRecorder()
     clips = torch.zeros(3, 1, 4, 16, 16)
-    validation_loss(recorder, DiffusionConfig(), clips, [0.5], seed=0, chunk=2)
+    plain = validation_loss(recorder, DiffusionConfig(), clips, [0.5], seed=0, chunk=2)
     assert recorder.masks == [None, None]
     recorder.masks.clear()
-    validation_loss(recorder, DiffusionConfig(), clips, [0.5], seed=0, chunk=2, independent_frames=True)
+    masked = validation_loss(recorder, DiffusionConfig(), clips, [0.5], seed=0, chunk=2, independent_frames=True)
+    assert masked == plain  # the same noise: a network that ignores the mask scores the same
     assert [tuple(m.shape) for m in recorder.masks] == [(2, 4), (1, 4)]
     assert all(m.dtype == torch.bool and bool(m.all()) for m in recorder.masks)
     # on a real (randomised) U-Net the masked score differs: its temporal attention sees other frames

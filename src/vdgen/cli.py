@@ -210,6 +210,13 @@ CheckpointOpt = Annotated[
 ]
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, max=100_000, help="Sampling steps (NFE per sample; pc uses about twice as many).")]
 SamplerOpt = Annotated[Sampler, typer.Option("--sampler", help="ancestral (the paper's), pc (ancestral + Langevin corrector), ddim, dpm++.")]
+GenerateStepsOpt = Annotated[Optional[int], typer.Option(
+    "--steps", min=1, max=100_000, help="Sampling steps. Default: 128 for pc (2 network evaluations per step), 256 for the others.",
+)]
+GenerateSamplerOpt = Annotated[Sampler, typer.Option(
+    "--sampler", help="pc (ancestral + Langevin corrector; the default, lower FVD than ancestral at equal cost), "
+    "ancestral (the paper's), ddim, dpm++.",
+)]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (random when absent; always printed and recorded).")]
 FpsOpt = Annotated[Optional[float], typer.Option("--fps", help="Frame rate of the output.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto, cpu, cuda or mps.")]
@@ -244,14 +251,8 @@ def _root(
 def generate(
     output: Annotated[Path, typer.Option("--output", "-o", help="out.mp4, out.gif, or a folder for PNG frames.")] = Path("out.mp4"),
     checkpoint: CheckpointOpt = None,
-    steps: Annotated[Optional[int], typer.Option(
-        "--steps", min=1, max=100_000,
-        help="Sampling steps. Default: 128 for pc (2 network evaluations per step), 256 for the others.",
-    )] = None,
-    sampler: Annotated[Sampler, typer.Option(
-        "--sampler", help="pc (ancestral + Langevin corrector; the default: lower FVD than ancestral at equal cost), "
-        "ancestral (the paper's), ddim, dpm++.",
-    )] = Sampler.pc,
+    steps: GenerateStepsOpt = None,
+    sampler: GenerateSamplerOpt = Sampler.pc,
     num: Annotated[int, typer.Option("--num", "-n", min=1, max=10_000, help="Number of videos (seeds seed, seed+1, ...).")] = 1,
     seed: SeedOpt = None,
     frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames per video (default: the model's).")] = None,
@@ -264,12 +265,12 @@ def generate(
     no_clip: NoClipOpt = False,
 ) -> None:
     """Sample videos from a checkpoint (unconditional) and write them as MP4, GIF or PNG frames."""
-    from vdgen.generate import sample_videos
+    from vdgen.generate import default_steps, sample_videos
 
     check_fps(fps)
     set_threads(threads)
     seed = resolve_seed(seed)
-    steps = generate_steps(sampler.value) if steps is None else steps
+    steps = default_steps(sampler.value) if steps is None else steps
     paths = output_paths(output, num)
     check_outputs(paths, overwrite, preview)
     dev = pick_device(device)
@@ -296,11 +297,6 @@ def generate(
         }
         write_result(path, video, fps, settings, preview)
         err.print(f"wrote {path}")
-
-
-def generate_steps(sampler: str) -> int:
-    """generate's default steps: 256 network evaluations per sample, whichever the sampler."""
-    return 128 if sampler == "pc" else 256
 
 
 # ---------------------------------------------------------------- extend / interpolate
@@ -546,10 +542,8 @@ def eval_fvd(
     frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames per clip (default: a checkpoint's window, else 16).")] = None,
     size: Annotated[Optional[int], typer.Option("--size", help="Moving MNIST size, 32 or 64 (default: the checkpoint's, else 32).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="First sampling seed of a checkpoint source (clip i: seed + i).")] = 0,
-    sampler: Annotated[Sampler, typer.Option("--sampler", help="Sampler of a checkpoint source (default: generate's, pc).")] = Sampler.pc,
-    steps: Annotated[Optional[int], typer.Option(
-        "--steps", min=1, max=100_000, help="Steps of a checkpoint source (default: generate's, 128 for pc, else 256).",
-    )] = None,
+    sampler: GenerateSamplerOpt = Sampler.pc,
+    steps: GenerateStepsOpt = None,
     precision: PrecisionOpt = Precision.fp32,
     i3d: I3dOpt = None,
     batch_size: BatchOpt = 8,
@@ -562,7 +556,6 @@ def eval_fvd(
     from vdgen.evaluate import fvd, parse_source
 
     dev = _eval_setup(threads, device, json_out, overwrite)
-    steps = generate_steps(sampler.value) if steps is None else steps
     options = dict(size=size, seed=seed, sampler=sampler.value, steps=steps, precision=resolve_precision(precision, dev))
     a, b = parse_source(source_a, **options), parse_source(source_b, **options)
     with make_progress() as progress:

@@ -34,7 +34,7 @@ from vdgen.data import MovingMNIST
 from vdgen.diffusion import denoising_loss
 from vdgen.errors import ConfigError, VdgenError, VideoInputError
 from vdgen.frames import fit_frames, from_model, to_luma, to_model, to_rgb
-from vdgen.generate import PrecisionDenoiser, sample_videos
+from vdgen.generate import DEFAULT_SAMPLER, PrecisionDenoiser, default_steps, sample_videos
 from vdgen.guidance import DEFAULT_STEPS, DEFAULT_W_R, extend, interpolate, plan_extension, plan_interpolation
 from vdgen.i3d import load_i3d
 from vdgen.metrics import fvd_from_features, i3d_features, psnr, ssim
@@ -47,7 +47,6 @@ Progress = Callable[[str, int, "int | None"], None]
 
 DATASETS = {"moving-mnist": "train", "moving-mnist-val": "val"}
 DEFAULT_FRAMES = 16
-DEFAULT_SOURCE_STEPS = 256
 FEATURE_BATCH = 8
 METHODS = ("guidance", "replacement")
 PREDICTION_BASELINE = "repeat-last-frame"
@@ -88,8 +87,8 @@ class CheckpointSource:
     """Clips sampled on the fly from a checkpoint: clip i from seed `seed + i`."""
 
     path: Path
-    sampler: str = "ancestral"
-    steps: int = DEFAULT_SOURCE_STEPS
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = default_steps(DEFAULT_SAMPLER)
     seed: int = 0
     precision: str = "fp32"
 
@@ -103,14 +102,14 @@ def parse_source(
     size: int | None = None,
     dataset_seed: int = 0,
     seed: int = 0,
-    sampler: str = "ancestral",
-    steps: int = DEFAULT_SOURCE_STEPS,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int | None = None,
     precision: str = "fp32",
 ) -> Source:
     """A source from its text: `moving-mnist[-val][:SIZE][@START]`, a folder of clips, or a `.safetensors` checkpoint.
 
-    `size` and `dataset_seed` apply to datasets; `seed` (the first sampling seed), `sampler`, `steps` and
-    `precision` to checkpoints. `moving-mnist-val:64@512` is the 64x64 validation set from clip 512 on.
+    `size` and `dataset_seed` apply to datasets; `seed` (the first sampling seed), `sampler`, `steps` (None:
+    `default_steps(sampler)`, as `generate` samples) and `precision` to checkpoints. `moving-mnist-val:64@512` is the 64x64 validation set from clip 512 on.
     """
     name, _, start_text = text.partition("@")
     name, _, size_text = name.partition(":")
@@ -125,7 +124,7 @@ def parse_source(
     if path.suffix.lower() == ".safetensors":
         if not path.is_file():
             raise ConfigError(f"{path}: no such checkpoint")
-        return CheckpointSource(path, sampler, steps, seed, precision)
+        return CheckpointSource(path, sampler, default_steps(sampler) if steps is None else steps, seed, precision)
     if path.is_dir():
         return FolderSource(path)
     if path.exists():

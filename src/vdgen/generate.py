@@ -15,9 +15,14 @@ from vdgen.frames import from_model
 from vdgen.precision import autocast
 from vdgen.sampling import SAMPLERS, sample
 
-DEFAULT_SAMPLER = "ancestral"
-DEFAULT_STEPS = 256
+# pc gave the lower FVD than the paper's ancestral sampler at equal cost (README, "Measured quality").
+DEFAULT_SAMPLER = "pc"
 SAMPLE_BATCH = 8
+
+
+def default_steps(sampler: str) -> int:
+    """Steps for `sampler` when none are given: 256 network evaluations per sample (pc makes 2 per step)."""
+    return 128 if sampler == "pc" else 256
 
 
 class PrecisionDenoiser:
@@ -37,7 +42,7 @@ def sample_videos(
     diffusion_config: DiffusionConfig,
     seeds: Sequence[int],
     *,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     sampler: str = DEFAULT_SAMPLER,
     frames: int | None = None,
     device: str | torch.device = "cpu",
@@ -47,9 +52,10 @@ def sample_videos(
     callback: Callable[[int, int], None] | None = None,
     sampler_opts: dict | None = None,
 ) -> np.ndarray:
-    """One video per seed as uint8 [N, F, H, W, C]; sample i depends only on seeds[i]."""
+    """One video per seed as uint8 [N, F, H, W, C]; sample i depends only on seeds[i]; `steps` None: default_steps."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    steps = default_steps(sampler) if steps is None else steps
     frames = frames or model_config.frames
     if not 1 <= frames <= model_config.max_relative_position + 1:
         raise ConfigError(f"--frames must be in [1, {model_config.max_relative_position + 1}] for this model")
