@@ -43,6 +43,7 @@ from vdgen.i3d import load_i3d
 from vdgen.metrics import fvd_from_features
 from vdgen.precision import resolve_precision
 from vdgen.runtime import tune_malloc
+from vdgen.sampling import evals_per_step
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_CHECKPOINT = ROOT / "weights" / "vdgen-mmnist32.safetensors"
@@ -203,7 +204,7 @@ def ablation_samplers(args: argparse.Namespace, loaded: LoadedModel, i3d: torch.
         )
         seconds = (time.perf_counter() - started) / args.num
         score = fvd_from_features(clip_features(videos, i3d), real_features)
-        evals = steps * (2 if name == "pc" else 1)
+        evals = steps * evals_per_step(name)
         results.append({"sampler": name, "steps": steps, "network_evals": evals, "fvd": score, "seconds_per_sample": seconds})
         rows.append([name, str(steps), str(evals), f"{score:.1f}", f"{seconds:.1f}"])
     by_name = {(r["sampler"], r["steps"]): r["fvd"] for r in results}

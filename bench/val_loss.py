@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from vdgen.checkpoint import load_model
+import torch
+
+from vdgen.checkpoint import LoadedModel, load_model
 from vdgen.data import MovingMNIST, make_batch
 from vdgen.errors import VdgenError
 from vdgen.evaluate import t_grid, validation_loss
@@ -80,26 +82,10 @@ def main(argv: list[str] | None = None) -> int:
           f"noise seeds {args.noise_seed}, {args.precision}, {args.threads} threads")
     results = []
     for model in models:
-        started = time.perf_counter()
-        by_seed = [validation_loss(model.net, model.diffusion_config, clips, ts, seed, args.precision) for seed in args.seeds]
-        by_t = mean_over_seeds(by_seed)
-        results.append({
-            "checkpoint": str(model.path), "steps": model.provenance.get("steps"),
-            "loss": sum(by_t) / len(by_t), "loss_by_seed": [sum(v) / len(v) for v in by_seed], "loss_by_t": by_t,
-            "seconds": time.perf_counter() - started,
-        })
+        results.append({"checkpoint": str(model.path), "steps": model.provenance.get("steps"),
+                        **score(model, clips, ts, args)})
         if args.independent_frames:
-            started = time.perf_counter()
-            alone_by_seed = [
-                validation_loss(model.net, model.diffusion_config, clips, ts, seed, args.precision, independent_frames=True)
-                for seed in args.seeds
-            ]
-            alone = mean_over_seeds(alone_by_seed)
-            results[-1].update(
-                independent_loss=sum(alone) / len(alone), independent_loss_by_t=alone,
-                independent_loss_by_seed=[sum(v) / len(v) for v in alone_by_seed],
-                independent_seconds=time.perf_counter() - started,
-            )
+            results[-1].update(score(model, clips, ts, args, independent=True))
         print(f"  {model.path}: {results[-1]['loss']:.5f} ({results[-1]['seconds']:.0f} s)", flush=True)
 
     half = len(ts) // 2
@@ -124,9 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def mean_over_seeds(by_seed: list[list[float]]) -> list[float]:
-    """Per-t means over noise seeds."""
-    return [sum(values) / len(values) for values in zip(*by_seed)]
+def score(model: LoadedModel, clips: torch.Tensor, ts: list[float], args: argparse.Namespace,
+          independent: bool = False) -> dict:
+    """One model's loss over every noise seed: `loss`, `loss_by_seed`, `loss_by_t`, `seconds`.
+
+    With `independent` every frame is scored as an independent image and the keys start "independent_".
+    """
+    prefix = "independent_" if independent else ""
+    started = time.perf_counter()
+    by_seed = [
+        validation_loss(model.net, model.diffusion_config, clips, ts, seed, args.precision, independent_frames=independent)
+        for seed in args.seeds
+    ]
+    by_t = [sum(values) / len(values) for values in zip(*by_seed)]
+    return {
+        f"{prefix}loss": sum(by_t) / len(by_t), f"{prefix}loss_by_seed": [sum(v) / len(v) for v in by_seed],
+        f"{prefix}loss_by_t": by_t, f"{prefix}seconds": time.perf_counter() - started,
+    }
 
 
 def print_independent_frames(results: list[dict], ts: list[float]) -> None:

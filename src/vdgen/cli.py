@@ -270,7 +270,7 @@ def generate(
     check_fps(fps)
     set_threads(threads)
     seed = resolve_seed(seed)
-    steps = default_steps(sampler.value) if steps is None else steps
+    steps = default_steps(sampler.value, steps)
     paths = output_paths(output, num)
     check_outputs(paths, overwrite, preview)
     dev = pick_device(device)

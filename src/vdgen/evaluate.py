@@ -108,8 +108,9 @@ def parse_source(
 ) -> Source:
     """A source from its text: `moving-mnist[-val][:SIZE][@START]`, a folder of clips, or a `.safetensors` checkpoint.
 
-    `size` and `dataset_seed` apply to datasets; `seed` (the first sampling seed), `sampler`, `steps` (None:
-    `default_steps(sampler)`, as `generate` samples) and `precision` to checkpoints. `moving-mnist-val:64@512` is the 64x64 validation set from clip 512 on.
+    `size` and `dataset_seed` apply to datasets; `seed` (the first sampling seed), `sampler`, `steps`
+    (None: `default_steps(sampler)`, as `generate` samples) and `precision` to checkpoints.
+    `moving-mnist-val:64@512` is the 64x64 validation set from clip 512 on.
     """
     name, _, start_text = text.partition("@")
     name, _, size_text = name.partition(":")
@@ -124,7 +125,7 @@ def parse_source(
     if path.suffix.lower() == ".safetensors":
         if not path.is_file():
             raise ConfigError(f"{path}: no such checkpoint")
-        return CheckpointSource(path, sampler, default_steps(sampler) if steps is None else steps, seed, precision)
+        return CheckpointSource(path, sampler, default_steps(sampler, steps), seed, precision)
     if path.is_dir():
         return FolderSource(path)
     if path.exists():

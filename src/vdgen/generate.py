@@ -13,16 +13,19 @@ from vdgen.diffusion import Denoiser
 from vdgen.errors import ConfigError
 from vdgen.frames import from_model
 from vdgen.precision import autocast
-from vdgen.sampling import SAMPLERS, sample
+from vdgen.sampling import SAMPLERS, evals_per_step, sample
 
 # pc gave the lower FVD than the paper's ancestral sampler at equal cost (README, "Measured quality").
 DEFAULT_SAMPLER = "pc"
 SAMPLE_BATCH = 8
 
 
-def default_steps(sampler: str) -> int:
-    """Steps for `sampler` when none are given: 256 network evaluations per sample (pc makes 2 per step)."""
-    return 128 if sampler == "pc" else 256
+DEFAULT_EVALS = 256
+
+
+def default_steps(sampler: str, steps: int | None = None) -> int:
+    """`steps` if given, else those that cost `sampler` DEFAULT_EVALS network evaluations (pc: 128)."""
+    return DEFAULT_EVALS // evals_per_step(sampler) if steps is None else steps
 
 
 class PrecisionDenoiser:
@@ -55,7 +58,7 @@ def sample_videos(
     """One video per seed as uint8 [N, F, H, W, C]; sample i depends only on seeds[i]; `steps` None: default_steps."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    steps = default_steps(sampler) if steps is None else steps
+    steps = default_steps(sampler, steps)
     frames = frames or model_config.frames
     if not 1 <= frames <= model_config.max_relative_position + 1:
         raise ConfigError(f"--frames must be in [1, {model_config.max_relative_position + 1}] for this model")

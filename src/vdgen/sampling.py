@@ -238,6 +238,11 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 }
 
 
+def evals_per_step(name: str) -> int:
+    """Network evaluations per step of sampler `name`: 2 for pc (predictor and corrector), else 1."""
+    return 2 if name == "pc" else 1
+
+
 def sample(
     name: str,
     denoiser: Denoiser,
