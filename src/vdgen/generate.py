@@ -17,10 +17,8 @@ from vdgen.sampling import SAMPLERS, evals_per_step, sample
 
 # pc gave the lower FVD than the paper's ancestral sampler at equal cost (README, "Measured quality").
 DEFAULT_SAMPLER = "pc"
-SAMPLE_BATCH = 8
-
-
 DEFAULT_EVALS = 256
+SAMPLE_BATCH = 8
 
 
 def default_steps(sampler: str, steps: int | None = None) -> int:
