@@ -52,17 +52,21 @@ def read_header(path: Path) -> dict[str, Any]:
         if size == 0:
             raise CheckpointError(f"{path}: is empty (0 bytes), not a checkpoint")
         with open(path, "rb") as handle:
-            head = handle.read(8)
-            if _looks_like_pickle(head) or (path.suffix.lower() in _PICKLE_SUFFIXES and not _plausible_length(head, size)):
+            head = handle.read(9)
+            # A safetensors header is JSON, so a plausible length followed by "{" is safetensors even
+            # when the length's low byte happens to be a pickle's 0x80 or zip's "PK" (about 1 file in 32).
+            safetensors_like = _plausible_length(head, size) and head[8:9] == b"{"
+            if not safetensors_like and (_looks_like_pickle(head) or path.suffix.lower() in _PICKLE_SUFFIXES):
                 raise CheckpointError(
                     f"{path}: is a pickle (torch.save) file; vdgen loads only safetensors, "
                     "because unpickling a file can run arbitrary code"
                 )
             if len(head) < 8:
                 raise CheckpointError(f"{path}: too short to be a safetensors checkpoint")
-            (header_len,) = struct.unpack("<Q", head)
+            (header_len,) = struct.unpack("<Q", head[:8])
             if header_len > MAX_HEADER_BYTES or header_len > size - 8:
                 raise CheckpointError(f"{path}: malformed safetensors header (declared {header_len} bytes)")
+            handle.seek(8)
             raw = handle.read(header_len)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from exc
@@ -115,7 +119,7 @@ def _looks_like_pickle(head: bytes) -> bool:
 def _plausible_length(head: bytes, size: int) -> bool:
     if len(head) < 8:
         return False
-    (header_len,) = struct.unpack("<Q", head)
+    (header_len,) = struct.unpack("<Q", head[:8])
     return header_len <= min(MAX_HEADER_BYTES, size - 8)
 
 
