@@ -79,6 +79,41 @@ class ResBlock(nn.Module):
         return x.add_(self.skip(h))  # conv2's output is fresh and its backward does not need it
 
 
+# The bf16 backward of the fused CPU attention kernel is slow at this model's shapes (64 or 256
+# positions, heads of 16 or 32 channels): far more of a training step than its share of the FLOPs.
+# Plain matmul, softmax, matmul in chunks of frames is faster there (`bench/train_speed.py`).
+UNFUSED_MAX_POSITIONS = 256
+UNFUSED_CHUNK = 64
+
+
+def unfused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int = UNFUSED_CHUNK) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over the last two dims, `chunk` entries of dim 0 at a time.
+
+    The softmax runs in the inputs' dtype (PyTorch's CPU kernel accumulates bf16 in float32 and
+    rounds only its output): a float32 softmax of bf16 scores loses the whole gain
+    (`bench/train_speed.py --f32-softmax`).
+    """
+    scale = q.shape[-1] ** -0.5
+    outs = []
+    for qs, ks, vs in zip(q.split(chunk), k.split(chunk), v.split(chunk)):
+        weights = torch.softmax(torch.matmul(qs * scale, ks.transpose(-1, -2)), dim=-1)
+        outs.append(torch.matmul(weights, vs))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+def spatial_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, training: bool) -> torch.Tensor:
+    """Attention for [N, heads, L, d] inputs: the unfused path in bf16 CPU training, else the fused kernel."""
+    if (
+        training
+        and torch.is_grad_enabled()
+        and q.dtype == torch.bfloat16
+        and q.device.type == "cpu"
+        and q.shape[-2] <= UNFUSED_MAX_POSITIONS
+    ):
+        return unfused_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class SpatialAttention(nn.Module):
     """Self-attention over the H*W positions of each frame on its own."""
 
@@ -96,7 +131,7 @@ class SpatialAttention(nn.Module):
         n, c, height, width = h.shape
         tokens = rearrange(self.norm(h), "n c h w -> n (h w) c")
         q, k, v = rearrange(self.qkv(tokens), "n l (three m d) -> three n m l d", three=3, m=self.heads)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = spatial_attend(q, k, v, self.training)
         out = self.proj(rearrange(out, "n m l d -> n l (m d)"))
         return h + rearrange(out, "n (h w) c -> n c h w", h=height, w=width)
 
