@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -351,7 +353,7 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write one uint8 image [H, W, C] (C = 1 or 3) or [H, W] as a PNG file, atomically."""
     image = np.asarray(image)
     frames = _check_frames((image[..., None] if image.ndim == 2 else image)[None])
-    _write_atomically(Path(path), lambda tmp: tmp.write_bytes(_png_bytes(frames[0])))
+    _write_atomically(Path(path), lambda tmp: tmp.write_bytes(_png_bytes(frames[0])), uses_ffmpeg=False)
 
 
 def contact_sheet(frames: np.ndarray, max_cols: int = 16, pad: int = 2) -> np.ndarray:
@@ -389,14 +391,21 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
-def _write_atomically(path: Path, encode: Any) -> None:
-    """Run `encode(tmp)` on a temporary file next to `path`; rename it into place on success."""
-    import av
+def _write_atomically(path: Path, encode: Any, uses_ffmpeg: bool = True) -> None:
+    """Run `encode(tmp)` on a temporary file next to `path`; rename it into place on success.
 
+    Only an encoder that `uses_ffmpeg` imports PyAV: PNGs (contact sheets, the loss plot) are
+    written without it, so training runs where PyAV is not installed.
+    """
+    errors: tuple[type[Exception], ...] = (ValueError,)
+    if uses_ffmpeg:
+        import av
+
+        errors += (av.FFmpegError,)
     with atomic_path(path) as tmp:
         try:
             encode(tmp)
-        except (av.FFmpegError, ValueError) as exc:
+        except errors as exc:
             raise OutputError(f"cannot write {path}: {_reason(exc)}") from None
 
 
@@ -489,16 +498,31 @@ def _umask() -> int:
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
-    import av
+    """An 8-bit grayscale or RGB PNG of a uint8 image [H, W, C], written here (no PyAV needed).
 
-    gray = image.shape[-1] == 1
-    context = av.CodecContext.create("png", "w")
-    context.width, context.height = image.shape[1], image.shape[0]
-    context.pix_fmt = "gray" if gray else "rgb24"
-    array = image[..., 0] if gray else image
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=context.pix_fmt)
-    packets = context.encode(frame) + context.encode(None)
-    return b"".join(bytes(packet) for packet in packets)
+    Each row takes the filter (none, sub, up, average, Paeth) whose bytes have the least sum of
+    absolute values as signed numbers, the usual heuristic; the rows are deflated at level 9.
+    """
+    height, width, channels = image.shape
+    x = image.reshape(height, width * channels).astype(np.int16)
+    left, up, up_left = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
+    left[:, channels:] = x[:, :-channels]
+    up[1:] = x[:-1]
+    up_left[1:, channels:] = x[:-1, :-channels]
+    estimate = left + up - up_left
+    to_left, to_up, to_up_left = (np.abs(estimate - v) for v in (left, up, up_left))
+    paeth = np.where((to_left <= to_up) & (to_left <= to_up_left), left, np.where(to_up <= to_up_left, up, up_left))
+    filtered = np.stack([x, x - left, x - up, x - (left + up) // 2, x - paeth]) & 0xFF  # [5, H, W*C]
+    cost = np.minimum(filtered, 256 - filtered).sum(-1)  # [5, H]
+    choice = cost.argmin(0)
+    rows = filtered[choice, np.arange(height)].astype(np.uint8)
+    raw = np.concatenate([choice.astype(np.uint8)[:, None], rows], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
