@@ -269,7 +269,6 @@ def test_resume_drops_log_lines_of_steps_the_state_lost(tmp_path):
     assert 9.0 not in [r["loss"] for r in records]
 
 
-
 def test_training_on_moving_mnist_needs_no_pyav(tmp_path):
     # A lent GPU machine may lack PyAV: training writes its contact sheets and loss plot without it.
     blocker = tmp_path / "blocked"
