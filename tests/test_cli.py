@@ -87,6 +87,19 @@ def test_generate_writes_video_sidecar_and_preview(cli, tiny_checkpoint, tmp_pat
     assert preview.shape[0] == 1 and preview.shape[2] > 4 * 16  # one image: a contact sheet of the 4 frames
 
 
+def test_generate_in_bf16_on_a_cpu_that_emulates_it_warns_and_still_runs(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    from vdgen import precision
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    code, _, err = generate(cli, tiny_checkpoint, "out.mp4", "--precision", "bf16")
+    assert code == 0, err
+    assert err.count("warning: this CPU has no native bf16") == 1
+    code, _, err = generate(cli, tiny_checkpoint, "out32.mp4", "--precision", "fp32")
+    assert code == 0 and "warning" not in err
+
+
 def test_generate_defaults_to_pc_at_the_cost_of_256_ancestral_steps(cli, tiny_checkpoint, tmp_path, monkeypatch):
     code, _, err = cli("generate", "-c", tiny_checkpoint, "--seed", "1", "--device", "cpu", "-o", "default.gif")
     assert code == 0, err

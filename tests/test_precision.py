@@ -98,3 +98,22 @@ def test_unknown_name_is_a_config_error(name):
 def test_real_probe_is_short_and_positive():
     speedup = precision.measure_bf16_speedup(repeats=1)
     assert speedup > 0
+
+
+def test_bf16_on_a_cpu_that_emulates_it_warns(tmp_path):
+    zen3 = write_cpuinfo(tmp_path, ZEN3_FLAGS)
+    warning = precision.emulated_bf16_warning("bf16", "cpu", zen3)
+    assert "no native bf16" in warning and "--precision fp32" in warning
+
+
+@pytest.mark.parametrize("flags", [SAPPHIRE_RAPIDS_FLAGS, ZEN4_FLAGS])
+def test_bf16_on_native_hardware_does_not_warn(tmp_path, flags):
+    assert precision.emulated_bf16_warning("bf16", "cpu", write_cpuinfo(tmp_path, flags)) is None
+
+
+def test_fp32_gpus_and_unknown_cpus_do_not_warn(tmp_path):
+    zen3 = write_cpuinfo(tmp_path, ZEN3_FLAGS)
+    assert precision.emulated_bf16_warning("fp32", "cpu", zen3) is None
+    assert precision.emulated_bf16_warning("bf16", "cuda", zen3) is None
+    # No /proc/cpuinfo (macOS, Windows): nothing is known, so nothing is claimed.
+    assert precision.emulated_bf16_warning("bf16", "cpu", tmp_path / "missing") is None

@@ -201,7 +201,11 @@ def resolve_seed(seed: Optional[int]) -> int:
 def resolve_precision(precision: Precision, device: str) -> str:
     from vdgen import precision as precision_module
 
-    return precision_module.resolve_precision(precision.value, device)
+    resolved = precision_module.resolve_precision(precision.value, device)
+    warning = precision_module.emulated_bf16_warning(resolved, device)
+    if warning:
+        err.print(f"warning: {warning}", markup=False)
+    return resolved
 
 # ---------------------------------------------------------------- options shared by several commands
 

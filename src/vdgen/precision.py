@@ -138,6 +138,24 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
     return name
 
 
+def emulated_bf16_warning(precision: str, device: torch.device | str, cpuinfo: Path | None = None) -> str | None:
+    """A warning when bf16 is to run on a CPU that only emulates it (no AMX, no AVX512_BF16), else None.
+
+    "auto" never picks bf16 there; this catches an explicit `--precision bf16`, or a training run
+    resumed on such a CPU with bf16 in its config.json (oneDNN's emulation measured 12.7x slower
+    than fp32 on the probe workload on an AMD Zen 3, far more on whole training steps).
+    """
+    cpuinfo = cpuinfo or CPUINFO
+    if precision != "bf16" or torch.device(device).type != "cpu" or bf16_hardware(cpuinfo) != "none":
+        return None
+    if not cpu_fields(cpuinfo):
+        return None  # no /proc/cpuinfo (not Linux): nothing known either way
+    return (
+        "this CPU has no native bf16 (neither AMX nor AVX512_BF16 in /proc/cpuinfo), so bf16 is emulated "
+        "and many times slower than fp32; use --precision fp32 (or auto)"
+    )
+
+
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
     """bf16 autocast on `device` for precision 'bf16'; a no-op context for 'fp32'."""
     if precision == "bf16":

@@ -32,7 +32,7 @@ from vdgen.config import RunConfig, TrainConfig, from_dict, load_run_config, to_
 from vdgen.data import ClipDataset, MovingMNIST, make_batch
 from vdgen.diffusion import training_loss
 from vdgen.errors import TrainingError
-from vdgen.precision import autocast, resolve_precision
+from vdgen.precision import autocast, emulated_bf16_warning, resolve_precision
 
 STATE_FORMAT = "vdgen-train-state"
 
@@ -275,6 +275,9 @@ def train(
     precision = resolve_precision(t.precision, dev)
     if dist.world > 1:
         precision = _agree_on_precision(precision)
+    warning = emulated_bf16_warning(precision, dev)
+    if warning and callbacks.on_message and dist.is_main:
+        callbacks.on_message(f"warning: {warning}")
     if t.precision == "auto":
         # Pin what "auto" chose in config.json, so a resumed run never flips between fp32 and bf16.
         config = dataclasses.replace(config, train=dataclasses.replace(t, precision=precision))
