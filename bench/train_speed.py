@@ -1,6 +1,6 @@
 """Seconds per training step of the shipped config: fused against unfused spatial attention.
 
-    python bench/train_speed.py [--threads N] [--precision bf16|fp32] [--steps 5] [--rounds 3] [--chunks 64,256] [--f32-softmax]
+    python bench/train_speed.py [--threads N] [--precision bf16|fp32] [--steps 5] [--rounds 3] [--chunks 64,256] [--f32-softmax] [--compile]
 
 Runs the product's own training step (`vdgen.train._train_step`: a Moving MNIST batch, the
 v-prediction loss, backward, clipping, Adam, EMA) on the `mmnist32` preset (batch 16, 16x32x32).
@@ -8,7 +8,10 @@ Rows, timed in alternation round by round so that load drifts hit all alike:
 - `fused`: the spatial attention always runs `F.scaled_dot_product_attention`;
 - `unfused/C`: matmul, softmax, matmul in chunks of C frames (the shipped rule in bf16 CPU training
   uses `vdgen.layers.UNFUSED_CHUNK`), one row per --chunks value;
-- `f32-softmax/C` (with --f32-softmax): the same with the softmax in float32 (the rejected variant).
+- `f32-softmax/C` (with --f32-softmax): the same with the softmax in float32 (the rejected variant);
+- `compiled` (with --compile): the network under `torch.compile` (TorchInductor; needs a C++
+  compiler), with the shipped attention rule. Its compile time is printed before the table; it is
+  not in the row's time. Training does not compile (yet): this row measures whether it should.
 Each row is the median over all its timed steps after one warm step per round. The last column is
 the fused row's time over this row's: above 1 means faster than the fused kernel. Stop training
 runs first (see README.md): on 2 cores any other busy process makes timings meaningless.
@@ -41,7 +44,11 @@ def f32_softmax_attention(q, k, v, chunk):
 
 @contextlib.contextmanager
 def attention_rule(chunk: int | None, f32_softmax: bool = False):
-    """Force the fused kernel (chunk None) or the unfused path in chunks of `chunk` frames."""
+    """Force the fused kernel (chunk None) or the unfused path in chunks of `chunk` frames; chunk 0
+    keeps the shipped rule."""
+    if chunk == 0:
+        yield
+        return
     saved = layers.spatial_attend
 
     def fused(q, k, v, training):
@@ -67,6 +74,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all rows in alternation")
     parser.add_argument("--chunks", default=str(layers.UNFUSED_CHUNK), help="comma-separated chunk sizes to time")
     parser.add_argument("--f32-softmax", action="store_true", help="also time the float32-softmax variant at each chunk size")
+    parser.add_argument("--compile", action="store_true", help="also time the network under torch.compile (shipped attention rule)")
     args = parser.parse_args()
     set_threads(args.threads)
     print_header(f"training step, mmnist32 preset, {args.precision}")
@@ -78,14 +86,22 @@ def main() -> None:
     rows.update({f"unfused/{c}": (int(c), False) for c in args.chunks.split(",")})
     if args.f32_softmax:
         rows.update({f"f32-softmax/{c}": (int(c), True) for c in args.chunks.split(",")})
+    networks = {name: state.net for name in rows}
+    cpu = torch.device("cpu")
+    if args.compile:
+        rows["compiled"] = (0, False)
+        networks["compiled"] = torch.compile(state.net)
+        t0 = time.perf_counter()
+        _train_step(networks["compiled"], state, config, dataset, DistInfo(), cpu, args.precision)
+        print(f"# torch.compile: first step (compiling) {time.perf_counter() - t0:.1f} s")
     times: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(args.rounds):
         for name, (chunk, f32_softmax) in rows.items():
             with attention_rule(chunk, f32_softmax):
-                _train_step(state.net, state, config, dataset, DistInfo(), torch.device("cpu"), args.precision)
+                _train_step(networks[name], state, config, dataset, DistInfo(), cpu, args.precision)
                 for _ in range(args.steps):
                     t0 = time.perf_counter()
-                    _train_step(state.net, state, config, dataset, DistInfo(), torch.device("cpu"), args.precision)
+                    _train_step(networks[name], state, config, dataset, DistInfo(), cpu, args.precision)
                     times[name].append(time.perf_counter() - t0)
     fused = statistics.median(times["fused"])
     print(f"{'row':<16}{'s/step':>10}{'samples/s':>12}{'fused/row':>11}")
