@@ -57,3 +57,15 @@ def tiny_checkpoint(tmp_path_factory, tiny_config) -> Path:
     net = tiny_net(0)
     save_model(path, net.state_dict(), tiny_config.model, tiny_config.diffusion, {"made_by": "tests/conftest.py"})
     return path
+
+
+@pytest.fixture
+def emulating_cpu(tmp_path, monkeypatch) -> Path:
+    """Point vdgen.precision.CPUINFO at an x86 cpuinfo without AMX or AVX512_BF16 (bf16 emulated,
+    as on AMD Zen 3); returns the file, which a test may rewrite with other flags."""
+    from vdgen import precision
+
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
+    monkeypatch.setattr(precision, "CPUINFO", path)
+    return path

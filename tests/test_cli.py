@@ -87,17 +87,25 @@ def test_generate_writes_video_sidecar_and_preview(cli, tiny_checkpoint, tmp_pat
     assert preview.shape[0] == 1 and preview.shape[2] > 4 * 16  # one image: a contact sheet of the 4 frames
 
 
-def test_generate_in_bf16_on_a_cpu_that_emulates_it_warns_and_still_runs(cli, tiny_checkpoint, tmp_path, monkeypatch):
-    from vdgen import precision
-
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
-    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+def test_generate_in_bf16_on_a_cpu_that_emulates_it_warns_and_still_runs(cli, tiny_checkpoint, emulating_cpu):
     code, _, err = generate(cli, tiny_checkpoint, "out.mp4", "--precision", "bf16")
     assert code == 0, err
     assert err.count("warning: this CPU has no native bf16") == 1
     code, _, err = generate(cli, tiny_checkpoint, "out32.mp4", "--precision", "fp32")
     assert code == 0 and "warning" not in err
+
+
+def test_train_in_bf16_on_a_cpu_that_emulates_it_warns_once(cli, emulating_cpu):
+    code, _, err = cli("train", "run", "--preset", "tiny", "--steps", "1", "--precision", "bf16")
+    assert code == 0, err
+    assert err.count("warning: this CPU has no native bf16") == 1
+
+
+def test_train_messages_print_a_run_folder_name_verbatim(cli):
+    # Rich would read "[bold]" as markup and drop it from the line.
+    code, _, err = cli("train", "run[bold]", "--preset", "tiny", "--steps", "1")
+    assert code == 0, err
+    assert "training run[bold] from step 0 to 1" in err
 
 
 def test_generate_defaults_to_pc_at_the_cost_of_256_ancestral_steps(cli, tiny_checkpoint, tmp_path, monkeypatch):

@@ -256,6 +256,21 @@ def run_cli(args, capsys):
     return exit_info.value.code, out, err
 
 
+def test_cli_eval_fvd_warns_about_emulated_bf16_only_when_a_checkpoint_samples(tiny_checkpoint, capsys, monkeypatch, emulating_cpu):
+    import vdgen.evaluate
+
+    # Moving MNIST against itself: nothing samples, so --precision bf16 is moot; the refusal stays one line.
+    code, _, err = run_cli(["eval", "fvd", "moving-mnist-val", "moving-mnist-val", "-n", "4", "--precision", "bf16"], capsys)
+    assert code == 1 and "share 4 clips" in err and len(err.strip().splitlines()) == 1
+
+    def stop(*args, **kwargs):
+        raise ConfigError("stopped before sampling")
+
+    monkeypatch.setattr(vdgen.evaluate, "fvd", stop)
+    code, _, err = run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "--precision", "bf16"], capsys)
+    assert code == 1 and err.count("warning: this CPU has no native bf16") == 1
+
+
 def test_cli_eval_fvd_refuses_a_set_against_itself(capsys):
     code, _, err = run_cli(["eval", "fvd", "moving-mnist-val", "moving-mnist-val", "-n", "4"], capsys)
     assert code == 1 and "share 4 clips" in err and len(err.strip().splitlines()) == 1

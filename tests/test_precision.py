@@ -117,3 +117,10 @@ def test_fp32_gpus_and_unknown_cpus_do_not_warn(tmp_path):
     assert precision.emulated_bf16_warning("bf16", "cuda", zen3) is None
     # No /proc/cpuinfo (macOS, Windows): nothing is known, so nothing is claimed.
     assert precision.emulated_bf16_warning("bf16", "cpu", tmp_path / "missing") is None
+
+
+def test_arm_cpuinfo_has_no_flags_line_and_gets_no_warning(tmp_path):
+    # aarch64 Linux (e.g. AWS Graviton3) lists "Features", with its own names for bf16.
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd sve bf16 svebf16 i8mm\n")
+    assert precision.emulated_bf16_warning("bf16", "cpu", path) is None

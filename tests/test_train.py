@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 import vdgen.train as train_module
-from vdgen import precision
 from vdgen.checkpoint import load_model
 from vdgen.cli import main
 from vdgen.config import RunConfig, preset, to_dict
@@ -288,17 +287,13 @@ def test_training_on_moving_mnist_needs_no_pyav(tmp_path):
     assert [p.name for p in (run / "samples").iterdir()] == ["step_0000002.png"]
 
 
-def test_bf16_resumed_on_a_cpu_that_emulates_it_warns(tmp_path, monkeypatch):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
-    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+def test_bf16_resumed_on_a_cpu_that_emulates_it_warns(tmp_path, emulating_cpu):
     train(tmp_path / "run", tiny(steps=1, warmup_steps=0, precision="bf16"))
     messages: list[str] = []
-    train(tmp_path / "run", tiny(steps=2, warmup_steps=0, precision="bf16"), resume=True,
-          callbacks=TrainCallbacks(on_message=messages.append))
+    # config None: the precision comes from the run's config.json alone
+    train(tmp_path / "run", None, resume=True, max_steps=1, callbacks=TrainCallbacks(on_message=messages.append))
     assert sum("warning: this CPU has no native bf16" in m for m in messages) == 1
     messages.clear()
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    train(tmp_path / "run", tiny(steps=3, warmup_steps=0, precision="bf16"), resume=True,
-          callbacks=TrainCallbacks(on_message=messages.append))
+    emulating_cpu.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    train(tmp_path / "run", None, resume=True, max_steps=1, callbacks=TrainCallbacks(on_message=messages.append))
     assert messages and not any("warning" in m for m in messages)

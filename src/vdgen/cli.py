@@ -198,14 +198,23 @@ def resolve_seed(seed: Optional[int]) -> int:
     return seed
 
 
-def resolve_precision(precision: Precision, device: str) -> str:
+def resolve_precision(precision: Precision, device: str, warn: bool = True) -> str:
+    """'fp32' or 'bf16'; with `warn`, a warning on stderr where bf16 would be emulated (see warn_precision)."""
     from vdgen import precision as precision_module
 
     resolved = precision_module.resolve_precision(precision.value, device)
-    warning = precision_module.emulated_bf16_warning(resolved, device)
+    if warn:
+        warn_precision(resolved, device)
+    return resolved
+
+
+def warn_precision(precision: str, device: str) -> None:
+    """Warn on stderr when `precision` is bf16 on a CPU that only emulates it."""
+    from vdgen.precision import emulated_bf16_warning
+
+    warning = emulated_bf16_warning(precision, device)
     if warning:
         err.print(f"warning: {warning}", markup=False)
-    return resolved
 
 # ---------------------------------------------------------------- options shared by several commands
 
@@ -557,11 +566,14 @@ def eval_fvd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """FVD between two clip sources (I3D logits, Kinetics-400); refuses a clip set against itself."""
-    from vdgen.evaluate import fvd, parse_source
+    from vdgen.evaluate import CheckpointSource, fvd, parse_source
 
     dev = _eval_setup(threads, device, json_out, overwrite)
-    options = dict(size=size, seed=seed, sampler=sampler.value, steps=steps, precision=resolve_precision(precision, dev))
+    prec = resolve_precision(precision, dev, warn=False)
+    options = dict(size=size, seed=seed, sampler=sampler.value, steps=steps, precision=prec)
     a, b = parse_source(source_a, **options), parse_source(source_b, **options)
+    if any(isinstance(source, CheckpointSource) for source in (a, b)):
+        warn_precision(prec, dev)  # only checkpoints sample; clips and Moving MNIST ignore the precision
     with make_progress() as progress:
         result = fvd(a, b, num or None, frames, n_b=None if num_b is None else (num_b or None), i3d=i3d,
                      batch_size=batch_size, device=dev, progress=_stage_reporter(progress))
@@ -751,7 +763,7 @@ def train(
             on_step=on_step,
             on_checkpoint=lambda step, path: err.print(f"saved {path} at step {step}"),
             on_sample=lambda step, path: err.print(f"samples {path}"),
-            on_message=lambda text: err.print(text),
+            on_message=lambda text: err.print(text, markup=False),
         )
         run_training(run_dir, run_config, resume=resume, device=dev, max_steps=max_steps, callbacks=callbacks)
     err.print(f"exported {run_dir / 'model.safetensors'}")

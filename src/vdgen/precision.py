@@ -139,17 +139,20 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
 
 
 def emulated_bf16_warning(precision: str, device: torch.device | str, cpuinfo: Path | None = None) -> str | None:
-    """A warning when bf16 is to run on a CPU that only emulates it (no AMX, no AVX512_BF16), else None.
+    """A warning when bf16 is to run on an x86 CPU that only emulates it (no AMX, no AVX512_BF16), else None.
 
-    "auto" never picks bf16 there; this catches an explicit `--precision bf16`, or a training run
-    resumed on such a CPU with bf16 in its config.json (oneDNN's emulation measured 12.7x slower
-    than fp32 on the probe workload on an AMD Zen 3, far more on whole training steps).
+    "auto" never picks bf16 there; this catches an explicit `--precision bf16`, or a run whose
+    config.json says bf16 resumed on such a CPU. On the 2-core Zen 3 of 2026-12-07 the probe ran
+    bf16 at 0.06x the speed of fp32 (`bench/results/2026-12-07-zen3-train-speed/bf16_probe.txt`).
+    Only x86 cpuinfo has a "flags" line; elsewhere (ARM's "Features", no /proc/cpuinfo at all)
+    nothing is known, so nothing is claimed.
     """
+    # Read CPUINFO at call time (not as a default argument), so tests can point it at a fake file.
     cpuinfo = cpuinfo or CPUINFO
-    if precision != "bf16" or torch.device(device).type != "cpu" or bf16_hardware(cpuinfo) != "none":
+    if precision != "bf16" or torch.device(device).type != "cpu" or "flags" not in cpu_fields(cpuinfo):
         return None
-    if not cpu_fields(cpuinfo):
-        return None  # no /proc/cpuinfo (not Linux): nothing known either way
+    if bf16_hardware(cpuinfo) != "none":
+        return None
     return (
         "this CPU has no native bf16 (neither AMX nor AVX512_BF16 in /proc/cpuinfo), so bf16 is emulated "
         "and many times slower than fp32; use --precision fp32 (or auto)"
