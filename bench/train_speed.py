@@ -11,7 +11,8 @@ Rows, timed in alternation round by round so that load drifts hit all alike:
 - `f32-softmax/C` (with --f32-softmax): the same with the softmax in float32 (the rejected variant);
 - `compiled` (with --compile): the network under `torch.compile` (TorchInductor; needs a C++
   compiler), with the shipped attention rule. Its first step (compile included) is timed and
-  printed before the table; it is not in the row's time. Training does not compile (yet): this row measures whether it should.
+  printed before the table; it is not in the row's time. Training does not compile (yet): this
+  row measures whether it should.
 Each row is the median over all its timed steps after one warm step per round. The last column is
 the fused row's time over this row's: above 1 means faster than the fused kernel. Stop training
 runs first (see README.md): on 2 cores any other busy process makes timings meaningless.

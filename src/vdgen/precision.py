@@ -56,7 +56,11 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
 
 def bf16_hardware(cpuinfo: Path = CPUINFO) -> str:
     """'AMX', 'AVX512_BF16' or 'none' (emulated): what bf16 matmuls run on."""
-    flags = cpu_flags(cpuinfo)
+    return _bf16_hardware_of(cpu_flags(cpuinfo))
+
+
+def _bf16_hardware_of(flags: set[str]) -> str:
+    """bf16_hardware for a set of cpuinfo flags."""
     if flags.issuperset(AMX_FLAGS):
         return "AMX"
     return "AVX512_BF16" if flags.issuperset(AVX512_BF16_FLAGS) else "none"
@@ -148,10 +152,10 @@ def emulated_bf16_warning(precision: str, device: torch.device | str, cpuinfo: P
     nothing is known, so nothing is claimed.
     """
     # Read CPUINFO at call time (not as a default argument), so tests can point it at a fake file.
-    cpuinfo = cpuinfo or CPUINFO
-    if precision != "bf16" or torch.device(device).type != "cpu" or "flags" not in cpu_fields(cpuinfo):
+    if precision != "bf16" or torch.device(device).type != "cpu":
         return None
-    if bf16_hardware(cpuinfo) != "none":
+    fields = cpu_fields(cpuinfo or CPUINFO)
+    if "flags" not in fields or _bf16_hardware_of(set(fields["flags"].split())) != "none":
         return None
     return (
         "this CPU has no native bf16 (neither AMX nor AVX512_BF16 in /proc/cpuinfo), so bf16 is emulated "
