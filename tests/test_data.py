@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
-from vdgen.data import CANVAS, DIGIT, MovingMNIST, _trajectory, area_downsample, make_batch, mnist_digits, moving_mnist_clip
+from vdgen.data import (
+    CANVAS,
+    DIGIT,
+    MovingMNIST,
+    _trajectory,
+    area_downsample,
+    make_batch,
+    mnist_digits,
+    mnist_labels,
+    moving_mnist_clip,
+    moving_mnist_clip_and_digits,
+)
 from vdgen.errors import ConfigError
 
 LIMIT = CANVAS - DIGIT  # the largest top-left corner that keeps a digit on the canvas
@@ -49,6 +62,27 @@ def test_shipped_digits():
     assert not np.array_equal(train[:5000], val)
     with pytest.raises(ConfigError):
         mnist_digits("test")
+
+
+def test_shipped_labels():
+    # The published class counts of the MNIST test set (t10k), and 500 per class in the 5k CSV.
+    train, val = mnist_labels("train"), mnist_labels("val")
+    assert train.shape == (10_000,) and val.shape == (5_000,) and train.dtype == val.dtype == np.int64
+    t10k_counts = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert np.bincount(train, minlength=10).tolist() == t10k_counts
+    assert np.bincount(val, minlength=10).tolist() == [500] * 10
+    with pytest.raises(ConfigError):
+        mnist_labels("test")
+
+
+def test_labels_name_the_digits_drawn():
+    # A label must belong to its digit: the mean image of each class, built from the labels,
+    # is closest to that class's own mean on the other split (a mislabelled file fails this).
+    for split, other in (("train", "val"), ("val", "train")):
+        means = [mnist_digits(split)[mnist_labels(split) == c].mean(axis=0) for c in range(10)]
+        for c in range(10):
+            target = mnist_digits(other)[mnist_labels(other) == c].mean(axis=0)
+            assert int(np.argmin([np.abs(m - target).sum() for m in means])) == c
 
 
 # ------------------------------------------------------------------------------------------ trajectories
@@ -107,6 +141,43 @@ def test_two_digits_each_fully_on_the_canvas():
     three = moving_mnist_clip(dots, np.random.default_rng(0), 16, num_digits=3)
     assert (three > 0).reshape(16, -1).sum(axis=1).max() == 3
     assert MovingMNIST().num_digits == 2
+
+
+def test_clip_and_digits_reports_what_it_drew():
+    # Ten digits, each a single pixel whose value names the digit: the values in frame 0 are then
+    # the digits drawn (one value fewer where the two pixels coincide).
+    marked = np.zeros((10, DIGIT, DIGIT), np.uint8)
+    marked[:, -1, -1] = 10 + 20 * np.arange(10)
+    seen = set()
+    for seed in range(40):
+        clip, drawn = moving_mnist_clip_and_digits(marked, np.random.default_rng(seed), 4)
+        assert np.array_equal(clip, moving_mnist_clip(marked, np.random.default_rng(seed), 4))
+        assert len(drawn) == 2 and all(0 <= i < 10 for i in drawn)
+        values = {int(v) for v in clip[0][clip[0] > 0]}
+        expected = {10 + 20 * i for i in drawn}
+        assert values == expected or (len(values) == 1 and values < expected)
+        seen.update(drawn)
+    assert seen == set(range(10))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_clip_and_labels(split):
+    data = MovingMNIST(frames=8, size=32, split=split, seed=2)
+    for index in range(10):
+        clip, labels = data.clip_and_labels(index)
+        assert np.array_equal(clip, data.clip(index))
+        rng = np.random.default_rng([2, 0 if split == "train" else 1, index])
+        _, drawn = moving_mnist_clip_and_digits(mnist_digits(split), rng, 8)
+        assert labels == [int(mnist_labels(split)[i]) for i in drawn]
+        assert len(labels) == 2 and all(0 <= c <= 9 for c in labels)
+
+
+def test_clips_unchanged_by_release():
+    # Resumed training runs replay these exact clips: pin two of them (sha256 of the uint8 bytes).
+    pins = {("train", 32): "26ac67a0265e4a67", ("val", 64): "9dcecd2f9117e66a"}
+    for (split, size), digest in pins.items():
+        clip = MovingMNIST(frames=16, size=size, split=split, seed=3).clip(7)
+        assert hashlib.sha256(clip.tobytes()).hexdigest()[:16] == digest
 
 
 @pytest.mark.parametrize("size", [32, 64])

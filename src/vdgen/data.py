@@ -27,18 +27,39 @@ DIGIT = 28
 @lru_cache(maxsize=2)
 def mnist_digits(split: str = "train") -> np.ndarray:
     """MNIST digits as uint8 [N, 28, 28]: 'train' is the shipped t10k set, 'val' the 5k CSV digits."""
-    folder = resources.files("vdgen") / "data"
     if split == "train":
-        raw = gzip.decompress((folder / "t10k-images-idx3-ubyte.gz").read_bytes())
+        raw = _shipped("t10k-images-idx3-ubyte.gz")
         magic, count, rows, cols = struct.unpack(">IIII", raw[:16])
         assert magic == 2051 and rows == cols == DIGIT, "corrupt shipped MNIST file"
         return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows, cols)
     if split == "val":
-        text = gzip.decompress((folder / "mnist_5k.csv.gz").read_bytes()).decode("ascii")
-        rows = [line for line in text.splitlines() if line and line[0].isdigit()]
-        table = np.array([[int(v) for v in line.split(",")] for line in rows], dtype=np.int64)
-        return table[:, : DIGIT * DIGIT].reshape(-1, DIGIT, DIGIT).clip(0, 255).astype(np.uint8)
+        return _val_table()[:, : DIGIT * DIGIT].reshape(-1, DIGIT, DIGIT).clip(0, 255).astype(np.uint8)
     raise ConfigError(f"unknown MNIST split {split!r} (train or val)")
+
+
+@lru_cache(maxsize=2)
+def mnist_labels(split: str = "train") -> np.ndarray:
+    """The class (0 to 9) of each digit of mnist_digits(split), int64 [N]."""
+    if split == "train":
+        raw = _shipped("t10k-labels-idx1-ubyte.gz")
+        magic, count = struct.unpack(">II", raw[:8])
+        assert magic == 2049, "corrupt shipped MNIST label file"
+        return np.frombuffer(raw, dtype=np.uint8, offset=8, count=count).astype(np.int64)
+    if split == "val":
+        return _val_table()[:, DIGIT * DIGIT].copy()
+    raise ConfigError(f"unknown MNIST split {split!r} (train or val)")
+
+
+def _shipped(name: str) -> bytes:
+    return gzip.decompress((resources.files("vdgen") / "data" / name).read_bytes())
+
+
+@lru_cache(maxsize=1)
+def _val_table() -> np.ndarray:
+    """mnist_5k.csv.gz as int64 [5000, 785]: 784 pixels, then the label."""
+    text = _shipped("mnist_5k.csv.gz").decode("ascii")
+    rows = [line for line in text.splitlines() if line and line[0].isdigit()]
+    return np.array([[int(v) for v in line.split(",")] for line in rows], dtype=np.int64)
 
 
 def _trajectory(rng: np.random.Generator, frames: int) -> np.ndarray:
@@ -62,13 +83,22 @@ def _trajectory(rng: np.random.Generator, frames: int) -> np.ndarray:
 
 def moving_mnist_clip(digits: np.ndarray, rng: np.random.Generator, frames: int, num_digits: int = 2) -> np.ndarray:
     """One Moving MNIST clip, uint8 [F, 64, 64]: digits bouncing on black, combined by pixel-wise max."""
+    return moving_mnist_clip_and_digits(digits, rng, frames, num_digits)[0]
+
+
+def moving_mnist_clip_and_digits(
+    digits: np.ndarray, rng: np.random.Generator, frames: int, num_digits: int = 2
+) -> tuple[np.ndarray, list[int]]:
+    """moving_mnist_clip, and the indices into `digits` of the digits it drew, in drawing order."""
     canvas = np.zeros((frames, CANVAS, CANVAS), dtype=np.uint8)
+    drawn = []
     for _ in range(num_digits):
-        digit = digits[rng.integers(len(digits))]
+        drawn.append(int(rng.integers(len(digits))))
+        digit = digits[drawn[-1]]
         for f, (y, x) in enumerate(_trajectory(rng, frames)):
             window = canvas[f, y : y + DIGIT, x : x + DIGIT]
             np.maximum(window, digit, out=window)
-    return canvas
+    return canvas, drawn
 
 
 def area_downsample(frames: np.ndarray, factor: int) -> np.ndarray:
@@ -98,9 +128,14 @@ class MovingMNIST:
 
     def clip(self, index: int) -> np.ndarray:
         """Clip `index` as uint8 [F, size, size]."""
+        return self.clip_and_labels(index)[0]
+
+    def clip_and_labels(self, index: int) -> tuple[np.ndarray, list[int]]:
+        """Clip `index` as uint8 [F, size, size], and the classes (0 to 9) of its digits."""
         rng = np.random.default_rng([self.seed, 0 if self.split == "train" else 1, index])
-        clip = moving_mnist_clip(mnist_digits(self.split), rng, self.frames, self.num_digits)
-        return clip if self.size == CANVAS else area_downsample(clip, CANVAS // self.size)
+        clip, drawn = moving_mnist_clip_and_digits(mnist_digits(self.split), rng, self.frames, self.num_digits)
+        labels = [int(mnist_labels(self.split)[i]) for i in drawn]
+        return (clip if self.size == CANVAS else area_downsample(clip, CANVAS // self.size)), labels
 
     def video(self, index: int) -> torch.Tensor:
         """Clip `index` as float [1, F, H, W] in [-1, 1]."""
