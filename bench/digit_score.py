@@ -15,11 +15,11 @@ above 0.5) in most of its frames. For a set of clips it reports:
 - changes per clip: how often the set of present classes changes from one frame to the next.
 Real validation clips are scored first, by the same classifier: their rates are the ceiling
 (overlapping digits hide each other), and each checkpoint is read against them. Two controls follow:
-the same clips blurred (soft frames, steady digits: the classifier trains with some blur, so that a
-soft sample does not count as a morphing one) and shuffled across clips (every frame other digits:
-the floor). A CNN's reading is a
-proxy for a person's, as the Inception score is: compare rows within one table (the classifier is
-retrained per run unless `--classifier` loads a saved one). `±` is one binomial standard error.
+the same clips blurred 3x3 (steady digits, soft frames: what softness alone costs; the classifier
+trains with some blur, but a full 3x3 box blur still costs it) and shuffled across clips (no two
+frames from one clip: the floor of the steadiness columns). A CNN's reading is a proxy for a
+person's, as the Inception score is: compare rows within one table, or tables made with one saved
+classifier (`--classifier`). `±` is one standard error across clips.
 """
 
 from __future__ import annotations
@@ -92,6 +92,11 @@ def as_input(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).float().div(127.5).sub(1.0)[:, None]
 
 
+def box_blur(x: torch.Tensor) -> torch.Tensor:
+    """3x3 box blur of classifier input [N, 1, H, W], black (-1) beyond the border."""
+    return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), value=-1.0), 3, stride=1)
+
+
 def train_classifier(size: int, steps: int, clips: int, batch: int) -> DigitNet:
     """DigitNet trained with binary cross-entropy on every frame of `clips` training-digit clips.
 
@@ -110,9 +115,7 @@ def train_classifier(size: int, steps: int, clips: int, batch: int) -> DigitNet:
         pick = torch.randint(len(x), (batch,), generator=order)
         # Half the frames softened by a random amount of 3x3 box blur: soft is not unreadable.
         amount = torch.rand(batch, 1, 1, 1, generator=order) * (torch.rand(batch, 1, 1, 1, generator=order) < 0.5)
-        frames = x[pick]
-        blurred = F.avg_pool2d(F.pad(frames, (1, 1, 1, 1), value=-1.0), 3, stride=1)
-        loss = F.binary_cross_entropy_with_logits(net(torch.lerp(frames, blurred, amount)), y[pick])
+        loss = F.binary_cross_entropy_with_logits(net(torch.lerp(x[pick], box_blur(x[pick]), amount)), y[pick])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -132,37 +135,42 @@ def probabilities(net: DigitNet, clips: np.ndarray) -> np.ndarray:
 
 
 def score(p: np.ndarray) -> dict:
-    """The rates of the module docstring, from class probabilities [N, F, 10]."""
+    """The rates of the module docstring, from class probabilities [N, F, 10].
+
+    `±` is one standard error across clips: a clip's frames are not independent of each other.
+    """
     n, f, _ = p.shape
     present = p > PRESENT
     digits = present.sum(axis=1) > f / 2  # the clip's digits: present in most of its frames [N, 10]
-    shows = (present == digits[:, None]).all(axis=-1) & (digits.sum(axis=-1) >= 1)[:, None]  # [N, F]
+    has_digits = (digits.sum(axis=-1) >= 1) & (digits.sum(axis=-1) <= 2)
+    shows = (present == digits[:, None]).all(axis=-1) & has_digits[:, None]  # [N, F]
     confident = ((p < DECIDED) | (p > 1 - DECIDED)).all(axis=-1)
     changes = (present[:, 1:] != present[:, :-1]).any(axis=-1).sum(axis=1)
-    steady = (shows.sum(axis=1) >= f - STEADY_SLACK) & (digits.sum(axis=-1) <= 2)
-    rates = {"frames_showing_clip_digits": shows, "confident_frames": confident, "steady_clips": steady}
+    steady = (shows.sum(axis=1) >= f - STEADY_SLACK) & has_digits
+    per_clip = {"frames_showing_clip_digits": shows.mean(axis=1), "steady_clips": steady.astype(float),
+                "confident_frames": confident.mean(axis=1)}
     out: dict = {"clips": n, "changes_per_clip": float(changes.mean()), "classes_per_clip": float(digits.sum(-1).mean())}
-    for name, hits in rates.items():
-        out[name] = float(hits.mean())
-        out[f"{name}_se"] = math.sqrt(out[name] * (1 - out[name]) / hits.size)
+    for name, share in per_clip.items():
+        out[name] = float(share.mean())
+        out[f"{name}_se"] = float(share.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     return out
 
 
 def controls(real: np.ndarray) -> dict[str, np.ndarray]:
-    """Rows that calibrate the score from real clips [N, F, H, W]: soft but steady, and morphing.
+    """Rows that calibrate the score from real clips [N, F, H, W]: soft, and morphing.
 
-    Blurred clips (3x3 box filter) keep their digits but lose sharpness, so a model whose samples
-    are merely soft is not counted as morphing. Shuffled clips take frame f from clip (i + f) mod N:
-    every frame a different pair of digits, the worst case for steadiness.
+    Blurred clips (3x3 box filter) keep their digits but lose sharpness: how much a soft but
+    steady clip loses. Shuffled clips take frame f from clip (i + f) mod N, so no two frames come
+    from one clip (needs N >= F; skipped otherwise): the floor of the steadiness columns. The
+    shuffle permutes frames, so confident frames match the real row by construction.
     """
     n, f, h, w = real.shape
     padded = np.pad(real.astype(np.float32), ((0, 0), (0, 0), (1, 1), (1, 1)))
     blurred = sum(padded[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9
-    shuffled = np.stack([real[(np.arange(n) + i) % n, i] for i in range(f)], axis=1)
-    return {
-        "the same, blurred 3x3": np.round(blurred).astype(np.uint8),
-        "the same, frame f from clip i + f": shuffled,
-    }
+    rows = {"the same, blurred 3x3": np.round(blurred).astype(np.uint8)}
+    if n >= f:
+        rows["the same, frame f from clip i + f"] = np.stack([real[(np.arange(n) + i) % n, i] for i in range(f)], axis=1)
+    return rows
 
 
 def save_classifier(net: DigitNet, path: Path, size: int, accuracy: float) -> None:
@@ -178,8 +186,10 @@ def load_classifier(path: Path, size: int) -> DigitNet:
         state = load_file(str(path))
     except (OSError, SafetensorError) as exc:
         raise VdgenError(f"{path}: not a readable safetensors file ({exc})") from None
-    if meta.get("size") != str(size):
-        raise VdgenError(f"{path}: a classifier for {meta.get('size', '?')} px frames, these are {size} px")
+    if "size" not in meta:
+        raise VdgenError(f"{path}: not a digit_score.py classifier (no size in its metadata)")
+    if meta["size"] != str(size):
+        raise VdgenError(f"{path}: a classifier for {meta['size']} px frames, these are {size} px")
     net = DigitNet()
     try:
         net.load_state_dict(state)
@@ -206,6 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num < 1 or args.steps < 1 or args.classifier_steps < 1 or args.classifier_clips < 1 or args.val_clips < 1:
         parser.error("--num, --steps, --classifier-steps, --classifier-clips and --val-clips must be >= 1")
+    if args.classifier and args.save_classifier:
+        parser.error("--classifier loads one, --save-classifier saves a newly trained one: give one of them")
     if args.size not in (16, 32, 64):
         parser.error("--size must be 16, 32 or 64 (Moving MNIST sizes)")
     for path in (args.json, args.save_classifier):
@@ -224,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(shapes) > 1 or any(c != 1 or h != w or h not in (16, 32, 64) for c, _, h, w in shapes):
             raise VdgenError(f"the checkpoints must share one Moving MNIST shape (1 channel, 16, 32 or 64 px); got {sorted(shapes)}")
         _, frames, size, _ = shapes.pop() if shapes else (1, 16, args.size, args.size)
+        if frames <= 2 * STEADY_SLACK:
+            raise VdgenError(f"the checkpoints make {frames}-frame clips; steadiness needs more than {2 * STEADY_SLACK}")
         started = time.perf_counter()
         net = load_classifier(args.classifier, size) if args.classifier else train_classifier(
             size, args.classifier_steps, args.classifier_clips, 128)
@@ -240,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         f"trained {args.classifier_steps} steps on {args.classifier_clips} training-digit clips in {trained_s:.0f} s")
     print(f"classifier {source}; exact class set on {frames * args.val_clips} validation frames: {100 * accuracy:.1f}%")
     if args.save_classifier:
-        save_classifier(net, args.save_classifier, size, accuracy)
+        try:
+            save_classifier(net, args.save_classifier, size, accuracy)
+        except OSError as exc:
+            print(f"error: cannot write {args.save_classifier}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
 
     real = real[: args.num]
     rows = [{"source": f"real validation clips 0..{args.num - 1}", "steps": None, **score(p_real[: args.num])}]
@@ -265,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['source']} | {steps} | {rates} | {r['changes_per_clip']:.2f} | {r['classes_per_clip']:.2f} |")
     if args.json:
         payload = {"args": {k: str(v) for k, v in vars(args).items()}, "classifier_accuracy": accuracy, "rows": rows}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        try:
+            args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        except OSError as exc:
+            print(f"error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     return 0
 
 

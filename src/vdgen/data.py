@@ -33,7 +33,9 @@ def mnist_digits(split: str = "train") -> np.ndarray:
         assert magic == 2051 and rows == cols == DIGIT, "corrupt shipped MNIST file"
         return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows, cols)
     if split == "val":
-        return _val_table()[:, : DIGIT * DIGIT].reshape(-1, DIGIT, DIGIT).clip(0, 255).astype(np.uint8)
+        digits = _val_table()[:, : DIGIT * DIGIT].reshape(-1, DIGIT, DIGIT).clip(0, 255).astype(np.uint8)
+        digits.setflags(write=False)  # cached: shared by every caller
+        return digits
     raise ConfigError(f"unknown MNIST split {split!r} (train or val)")
 
 
@@ -44,10 +46,13 @@ def mnist_labels(split: str = "train") -> np.ndarray:
         raw = _shipped("t10k-labels-idx1-ubyte.gz")
         magic, count = struct.unpack(">II", raw[:8])
         assert magic == 2049, "corrupt shipped MNIST label file"
-        return np.frombuffer(raw, dtype=np.uint8, offset=8, count=count).astype(np.int64)
-    if split == "val":
-        return _val_table()[:, DIGIT * DIGIT].copy()
-    raise ConfigError(f"unknown MNIST split {split!r} (train or val)")
+        labels = np.frombuffer(raw, dtype=np.uint8, offset=8, count=count).astype(np.int64)
+    elif split == "val":
+        labels = _val_table()[:, DIGIT * DIGIT].copy()
+    else:
+        raise ConfigError(f"unknown MNIST split {split!r} (train or val)")
+    labels.setflags(write=False)  # cached: shared by every caller
+    return labels
 
 
 def _shipped(name: str) -> bytes:
