@@ -38,7 +38,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from vdgen.checkpoint import load_model
 from vdgen.data import MovingMNIST
 from vdgen.errors import VdgenError
 from vdgen.generate import sample_videos
@@ -46,7 +45,7 @@ from vdgen.precision import resolve_precision
 from vdgen.sampling import SAMPLERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import print_header, set_threads  # noqa: E402
+from flops import moving_mnist_models, print_header, set_threads  # noqa: E402
 
 PRESENT = 0.5  # a class is in the frame
 DECIDED = 0.1  # a confident frame has every probability within this of 0 or 1
@@ -231,11 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     args.threads = set_threads(args.threads)
     args.precision = resolve_precision(args.precision, "cpu")
     try:
-        models = [load_model(path) for path in args.checkpoints]
-        shapes = {(m.model_config.channels, m.model_config.frames, m.model_config.height, m.model_config.width) for m in models}
-        if len(shapes) > 1 or any(c != 1 or h != w or h not in (16, 32, 64) for c, _, h, w in shapes):
-            raise VdgenError(f"the checkpoints must share one Moving MNIST shape (1 channel, 16, 32 or 64 px); got {sorted(shapes)}")
-        _, frames, size, _ = shapes.pop() if shapes else (1, 16, args.size, args.size)
+        models, shape = moving_mnist_models(args.checkpoints)
+        frames, size = shape or (16, args.size)
         if frames <= 2 * STEADY_SLACK:
             raise VdgenError(f"the checkpoints make {frames}-frame clips; steadiness needs more than {2 * STEADY_SLACK}")
         started = time.perf_counter()

@@ -239,3 +239,25 @@ def print_header(title: str) -> None:
     print(f"# {title}")
     malloc = "CLI malloc thresholds" if MALLOC_TUNED else "default malloc"
     print(f"# CPU: {cpu_model()} ({cpu_family()}, {amx}) | torch {torch.__version__} | threads {torch.get_num_threads()} | {malloc}")
+
+
+def moving_mnist_models(paths: list[Path]) -> tuple[list, tuple[int, int] | None]:
+    """Load checkpoints that must share one Moving MNIST clip shape: (models, (frames, size)).
+
+    The shape is None when `paths` is empty. Raises VdgenError for an unreadable file, shapes that
+    differ, or a shape Moving MNIST does not come in (1 channel, square, 16, 32 or 64 px).
+    """
+    from vdgen.checkpoint import load_model
+    from vdgen.errors import VdgenError
+
+    models = [load_model(path) for path in paths]
+    shapes = {(m.model_config.channels, m.model_config.frames, m.model_config.height, m.model_config.width) for m in models}
+    if len(shapes) > 1:
+        raise VdgenError(f"the checkpoints have different clip shapes {sorted(shapes)}; they cannot share validation clips")
+    if not shapes:
+        return models, None
+    channels, frames, height, width = shapes.pop()
+    if channels != 1 or height != width or height not in (16, 32, 64):
+        raise VdgenError(f"Moving MNIST gives 1 channel at 16, 32 or 64 px; the checkpoints are {channels}x{height}x{width}")
+    return models, (frames, height)
+

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from vdgen.checkpoint import LoadedModel, load_model
+from vdgen.checkpoint import LoadedModel
 from vdgen.data import MovingMNIST, make_batch
 from vdgen.errors import VdgenError
 from vdgen.evaluate import t_grid, validation_loss
 from vdgen.precision import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import print_header, set_threads  # noqa: E402
+from flops import moving_mnist_models, print_header, set_threads  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,18 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args.threads = set_threads(args.threads)
     args.precision = resolve_precision(args.precision, "cpu")
     try:
-        models = [load_model(path) for path in args.checkpoints]
+        models, (frames, height) = moving_mnist_models(args.checkpoints)
     except VdgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    shapes = {(m.model_config.channels, m.model_config.frames, m.model_config.height, m.model_config.width) for m in models}
-    if len(shapes) != 1:
-        print(f"error: the checkpoints have different clip shapes {sorted(shapes)}; they cannot share validation clips", file=sys.stderr)
-        return 1
-    channels, frames, height, width = shapes.pop()
-    if channels != 1 or height != width or height not in (16, 32, 64):
-        print(f"error: Moving MNIST gives 1 channel at 16, 32 or 64 px; the checkpoints are {channels}x{height}x{width}", file=sys.stderr)
-        return 1
+    width = height
     print_header("Validation denoising loss: the same clips, t grid and noise for every checkpoint")
     clips = make_batch(MovingMNIST(frames=frames, size=height, split="val"), list(range(args.clips)), 0)[0]
     ts = t_grid(args.t_points)
