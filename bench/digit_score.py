@@ -41,11 +41,10 @@ from torch.nn import functional as F
 from vdgen.data import MovingMNIST
 from vdgen.errors import VdgenError
 from vdgen.generate import sample_videos
-from vdgen.precision import resolve_precision
 from vdgen.sampling import SAMPLERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import moving_mnist_models, print_header, set_threads  # noqa: E402
+from flops import moving_mnist_models, print_header, set_up  # noqa: E402
 
 PRESENT = 0.5  # a class is in the frame
 DECIDED = 0.1  # a confident frame has every probability within this of 0 or 1
@@ -227,8 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.threads = set_threads(args.threads)
-    args.precision = resolve_precision(args.precision, "cpu")
+    set_up(args)
     try:
         models, shape = moving_mnist_models(args.checkpoints)
         frames, size = shape or (16, args.size)

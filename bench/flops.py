@@ -25,7 +25,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vdgen.config import to_dict
-from vdgen.precision import bf16_hardware, cpu_fields
+from vdgen.precision import bf16_hardware, cpu_fields, resolve_precision
 from vdgen.runtime import tune_malloc
 
 aten = torch.ops.aten
@@ -230,6 +230,12 @@ def set_threads(threads: int) -> int:
     if threads > 0:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def set_up(args) -> None:
+    """The start of a benchmark's main: `args.threads` set (set_threads) and `args.precision` resolved for the CPU."""
+    args.threads = set_threads(args.threads)
+    args.precision = resolve_precision(args.precision, "cpu")
 
 
 def print_header(title: str) -> None:

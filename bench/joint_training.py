@@ -29,11 +29,10 @@ import torch
 from vdgen.config import RunConfig, merge, preset
 from vdgen.data import make_batch
 from vdgen.evaluate import t_grid as make_t_grid, validation_loss
-from vdgen.precision import resolve_precision
 from vdgen.train import TrainCallbacks, make_dataset, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import print_header, set_threads  # noqa: E402
+from flops import print_header, set_up  # noqa: E402
 
 
 def run_config(args: argparse.Namespace, image_frames: int, seed: int) -> RunConfig:
@@ -100,8 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.threads = set_threads(args.threads)
-    args.precision = resolve_precision(args.precision, "cpu")
+    set_up(args)
     print_header("Joint image-video training: validation video loss after equal steps")
     val = make_dataset(run_config(args, 0, 0), split="val")
     clips = make_batch(val, list(range(args.val_clips)), 0)[0]

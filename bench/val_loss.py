@@ -29,10 +29,9 @@ from vdgen.checkpoint import LoadedModel
 from vdgen.data import MovingMNIST, make_batch
 from vdgen.errors import VdgenError
 from vdgen.evaluate import t_grid, validation_loss
-from vdgen.precision import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import moving_mnist_models, print_header, set_threads  # noqa: E402
+from flops import moving_mnist_models, print_header, set_up  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,8 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.threads = set_threads(args.threads)
-    args.precision = resolve_precision(args.precision, "cpu")
+    set_up(args)
     try:
         models, (frames, height) = moving_mnist_models(args.checkpoints)
     except VdgenError as exc:
