@@ -2,6 +2,7 @@
 
     python bench/digit_score.py weights/vdgen-mmnist32.safetensors runs/cool/model.safetensors --num 64
     python bench/digit_score.py A.safetensors --classifier digit_classifier.safetensors   # reuse one
+    python bench/digit_score.py A.safetensors --context 5   # frames 5.. predicted from 0..4, against the true digits
 
 Issue 5 asks for samples that "show two recognisable digits moving smoothly", and contact sheets
 judge that by eye. This judges it with a small CNN, trained here on frames of Moving MNIST clips of
@@ -20,6 +21,10 @@ trains with some blur, but a full 3x3 box blur still costs it) and shuffled acro
 frames from one clip: the floor of the steadiness columns). A CNN's reading is a proxy for a
 person's, as the Inception score is: compare rows within one table, or tables made with one saved
 classifier (`--classifier`). `±` is one standard error across clips.
+
+With `--context N` each row scores frames N.. of real validation clips instead, as the model predicts
+them from the first N (reconstruction guidance or replacement), against the clips' true digits: can
+the model keep digits it is shown, apart from inventing them?
 """
 
 from __future__ import annotations
@@ -38,9 +43,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from vdgen.checkpoint import LoadedModel
 from vdgen.data import MovingMNIST
 from vdgen.errors import VdgenError
-from vdgen.generate import sample_videos
+from vdgen.frames import from_model, to_model
+from vdgen.generate import PrecisionDenoiser, sample_videos
+from vdgen.guidance import extend
 from vdgen.sampling import SAMPLERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -132,14 +140,20 @@ def probabilities(net: DigitNet, clips: np.ndarray) -> np.ndarray:
     return p.reshape(n, f, 10).numpy()
 
 
-def score(p: np.ndarray) -> dict:
+def score(p: np.ndarray, digits: np.ndarray | None = None) -> dict:
     """The rates of the module docstring, from class probabilities [N, F, 10].
 
+    `digits` (multi-hot [N, 10]) gives each clip's digits, the true ones where they are known
+    (--context); by default they are the classes present in most of the clip's frames.
     `±` is one standard error across clips: a clip's frames are not independent of each other.
     """
     n, f, _ = p.shape
     present = p > PRESENT
-    digits = present.sum(axis=1) > f / 2  # the clip's digits: present in most of its frames [N, 10]
+    if digits is None:
+        digits = present.sum(axis=1) > f / 2  # present in most of the clip's frames [N, 10]
+    digits = np.asarray(digits) > 0.5
+    if digits.shape != (n, 10):
+        raise ValueError(f"digits must be [{n}, 10], got {digits.shape}")
     has_digits = (digits.sum(axis=-1) >= 1) & (digits.sum(axis=-1) <= 2)
     shows = (present == digits[:, None]).all(axis=-1) & has_digits[:, None]  # [N, F]
     confident = ((p < DECIDED) | (p > 1 - DECIDED)).all(axis=-1)
@@ -169,6 +183,23 @@ def controls(real: np.ndarray) -> dict[str, np.ndarray]:
     if n >= f:
         rows["the same, frame f from clip i + f"] = np.stack([real[(np.arange(n) + i) % n, i] for i in range(f)], axis=1)
     return rows
+
+
+def predicted(model: LoadedModel, real: np.ndarray, context: int, method: str, args: argparse.Namespace) -> np.ndarray:
+    """Frames context .. F-1 of real clips uint8 [N, F, H, W] predicted from their first `context` (clip i: seed i).
+
+    The model's own window, one pass for 16-frame clips: `vdgen extend` with reconstruction guidance
+    (or replacement), the conditional path of VDM section 3.1.
+    """
+    model.net.eval()
+    denoiser = PrecisionDenoiser(model.denoiser(), args.precision, "cpu")
+    out = []
+    for seed, clip in enumerate(real):
+        video = extend(denoiser, to_model(clip[:context, ..., None]), clip.shape[0], window=model.model_config.frames,
+                       context=context, method=method, sampler=args.sampler, steps=args.steps, seed=seed,
+                       sampler_opts=args.sampler_opts)
+        out.append(from_model(video)[context:, ..., 0])
+    return np.stack(out)
 
 
 def save_classifier(net: DigitNet, path: Path, size: int, accuracy: float) -> None:
@@ -202,6 +233,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num", type=int, default=64, help="clips per row: samples with seeds 0 .. num - 1, and real clips (default 64)")
     parser.add_argument("--sampler", default="dpm++", choices=SAMPLERS, help="(default dpm++)")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
+    parser.add_argument("--gamma", type=float, help="ancestral and pc: variance interpolation (default 0.1)")
+    parser.add_argument("--delta", type=float, help="pc: Langevin step size (default 0.1)")
+    parser.add_argument("--context", type=int, default=0,
+                        help="score predictions instead of samples: frames CONTEXT.. of real clips predicted from their "
+                             "first CONTEXT, against the clips' true digits (default 0: unconditional samples)")
+    parser.add_argument("--methods", default="guidance,replacement",
+                        help="with --context: comma-separated, of guidance and replacement (default both)")
     parser.add_argument("--size", type=int, default=32, help="frame size when no checkpoint is given (default 32)")
     parser.add_argument("--classifier", type=Path, help="load this classifier instead of training one")
     parser.add_argument("--save-classifier", type=Path, help="save the trained classifier here (safetensors)")
@@ -216,6 +254,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num, --steps, --classifier-steps, --classifier-clips and --val-clips must be >= 1")
     if args.classifier and args.save_classifier:
         parser.error("--classifier loads one, --save-classifier saves a newly trained one: give one of them")
+    args.sampler_opts = {k: getattr(args, k) for k in ("gamma", "delta") if getattr(args, k) is not None}
+    allowed = {"ancestral": {"gamma"}, "pc": {"gamma", "delta"}}.get(args.sampler, set())
+    if set(args.sampler_opts) - allowed:
+        parser.error(f"--{' and --'.join(sorted(set(args.sampler_opts) - allowed))} do not apply to the {args.sampler} sampler")
+    if args.delta is not None and args.delta <= 0:
+        parser.error("--delta must be positive")
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not args.methods or set(args.methods) - {"guidance", "replacement"}:
+        parser.error("--methods takes guidance, replacement or both, comma-separated")
+    if args.context < 0:
+        parser.error("--context must be >= 0")
     if args.size not in (16, 32, 64):
         parser.error("--size must be 16, 32 or 64 (Moving MNIST sizes)")
     for path in (args.json, args.save_classifier):
@@ -232,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         frames, size = shape or (16, args.size)
         if frames <= 2 * STEADY_SLACK:
             raise VdgenError(f"the checkpoints make {frames}-frame clips; steadiness needs more than {2 * STEADY_SLACK}")
+        if args.context and frames - args.context <= 2 * STEADY_SLACK:
+            raise VdgenError(f"--context {args.context} leaves {frames - args.context} of {frames} frames to score; "
+                             f"steadiness needs more than {2 * STEADY_SLACK}")
         started = time.perf_counter()
         net = load_classifier(args.classifier, size) if args.classifier else train_classifier(
             size, args.classifier_steps, args.classifier_clips, 128)
@@ -254,20 +306,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot write {args.save_classifier}: {exc.strerror or exc}", file=sys.stderr)
             return 1
 
-    real = real[: args.num]
-    rows = [{"source": f"real validation clips 0..{args.num - 1}", "steps": None, **score(p_real[: args.num])}]
-    for name, clips in controls(real).items():
-        rows.append({"source": name, "steps": None, **score(probabilities(net, clips))})
+    real, digits = real[: args.num], classes[: args.num] if args.context else None
+    scored = slice(args.context, None)  # the frames each row scores: all, or the predicted ones
+    name = f"real validation clips 0..{args.num - 1}" + (f", frames {args.context}..{frames - 1}" if args.context else "")
+    rows = [{"source": name, "steps": None, **score(p_real[: args.num, scored], digits)}]
+    for name, clips in controls(real[:, scored]).items():
+        rows.append({"source": name, "steps": None, **score(probabilities(net, clips), digits)})
+    sampler_name = " ".join([args.sampler, str(args.steps), *(f"{k} {v:g}" for k, v in args.sampler_opts.items())])
     for model in models:
-        started = time.perf_counter()
-        videos = sample_videos(model.net, model.model_config, model.diffusion_config, list(range(args.num)),
-                               steps=args.steps, sampler=args.sampler, precision=args.precision)
-        seconds = time.perf_counter() - started
-        rows.append({"source": f"{model.path} ({args.sampler} {args.steps})", "steps": model.provenance.get("steps"),
-                     "sample_seconds": seconds, **score(probabilities(net, videos[..., 0]))})
-        print(f"  {model.path}: sampled {args.num} in {seconds:.0f} s", file=sys.stderr, flush=True)
+        for method in args.methods if args.context else ["samples"]:
+            started = time.perf_counter()
+            if args.context:
+                videos = predicted(model, real, args.context, method, args)
+                label = f"{model.path} ({method}, {sampler_name})"
+            else:
+                videos = sample_videos(model.net, model.model_config, model.diffusion_config, list(range(args.num)),
+                                       steps=args.steps, sampler=args.sampler, precision=args.precision,
+                                       sampler_opts=args.sampler_opts)[..., 0]
+                label = f"{model.path} ({sampler_name})"
+            seconds = time.perf_counter() - started
+            rows.append({"source": label, "steps": model.provenance.get("steps"), "sample_seconds": seconds,
+                         **score(probabilities(net, videos), digits)})
+            print(f"  {label}: {args.num} clips in {seconds:.0f} s", file=sys.stderr, flush=True)
 
-    print(f"\n{args.num} clips per row, {frames} frames at {size}x{size}; model samples with seeds 0..{args.num - 1}, {args.precision}")
+    what = (f"frames {args.context}..{frames - 1} predicted from frames 0..{args.context - 1}, scored against the "
+            f"clips' true digits" if args.context else "model samples")
+    print(f"\n{args.num} clips per row, {frames} frames at {size}x{size}; {what}; seeds 0..{args.num - 1}, {args.precision}")
     print("| clips | training steps | frames showing the clip's digits | steady clips | confident frames | changes per clip | classes per clip |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

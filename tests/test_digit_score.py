@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -78,3 +79,81 @@ def test_blur_control_matches_training_blur(digit_score):
     control = digit_score.controls(real)["the same, blurred 3x3"]
     trained = digit_score.box_blur(digit_score.as_input(real[0]))
     assert np.abs((trained[0, 0].numpy() + 1) * 127.5 - control[0, 0]).max() <= 0.5 + 1e-4
+
+
+def test_score_against_given_digits(digit_score):
+    # With the clips' true digits given, a clip that shows other digits throughout scores nothing,
+    # though by its own majority it would be steady.
+    wrong = clip_of([{4, 9}] * 16)
+    right = clip_of([{3, 7}] * 15 + [{3}])
+    truth = np.zeros((2, 10))
+    truth[:, [3, 7]] = 1
+    r = digit_score.score(np.stack([wrong, right]), truth)
+    assert r["frames_showing_clip_digits"] == pytest.approx((0 + 15 / 16) / 2)
+    assert r["steady_clips"] == 0.5 and r["classes_per_clip"] == 2
+    assert digit_score.score(np.stack([wrong, right]))["steady_clips"] == 1.0
+    with pytest.raises(ValueError, match="digits must be"):
+        digit_score.score(np.stack([wrong, right]), truth[:1])
+
+
+@pytest.fixture(scope="module")
+def eight_frame_checkpoint(tmp_path_factory, tiny_config, make_net) -> Path:
+    """The tiny network at 8 frames, 16x16, 1 channel: a Moving MNIST shape with frames to predict."""
+    from vdgen.checkpoint import save_model
+
+    net = make_net(0, frames=8)
+    path = tmp_path_factory.mktemp("digits") / "eight.safetensors"
+    save_model(path, net.state_dict(), net.config, tiny_config.diffusion, {"steps": 3})
+    return path
+
+
+def test_predicted_keeps_context_out_and_is_seeded(digit_score, eight_frame_checkpoint):
+    from vdgen.checkpoint import load_model
+
+    model = load_model(eight_frame_checkpoint)
+    real, _ = digit_score.labelled_clips("val", 2, 8, 16, 0)
+    args = digit_score.parse_args([str(eight_frame_checkpoint), "--context", "3", "--sampler", "ddim", "--steps", "2"])
+    a = digit_score.predicted(model, real, 3, "guidance", args)
+    assert a.shape == (2, 5, 16, 16) and a.dtype == np.uint8
+    assert np.array_equal(a, digit_score.predicted(model, real, 3, "guidance", args))  # clip i from seed i
+    assert not np.array_equal(a, digit_score.predicted(model, real, 3, "replacement", args))
+
+
+def test_context_run_end_to_end(digit_score, eight_frame_checkpoint, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    common = ["--num", "2", "--steps", "2", "--sampler", "ddim", "--classifier-steps", "2", "--classifier-clips", "8",
+              "--val-clips", "2", "--threads", "1", "--json", str(out)]
+    assert digit_score.main([str(eight_frame_checkpoint), "--context", "3", *common]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["source"] for r in rows] == [
+        "real validation clips 0..1, frames 3..7", "the same, blurred 3x3",
+        f"{eight_frame_checkpoint} (guidance, ddim 2)", f"{eight_frame_checkpoint} (replacement, ddim 2)"]
+    assert all(r["classes_per_clip"] == 2 for r in rows)  # the true digits: two per validation clip
+    assert "predicted from frames 0..2" in capsys.readouterr().out
+
+    assert digit_score.main([str(eight_frame_checkpoint), "--context", "4", *common]) == 1
+    assert "--context 4 leaves 4 of 8 frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--context", "-1"], ["--methods", "guidance,blend"], ["--methods", ","]])
+def test_context_options_rejected(digit_score, option, capsys):
+    with pytest.raises(SystemExit) as exc:
+        digit_score.parse_args(option)
+    assert exc.value.code == 2 and option[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--sampler", "dpm++", "--delta", "0.2"], "--delta do not apply to the dpm++ sampler"),
+    (["--sampler", "ancestral", "--gamma", "0.3", "--delta", "0.2"], "--delta do not apply to the ancestral sampler"),
+    (["--sampler", "pc", "--delta", "0"], "--delta must be positive"),
+])
+def test_sampler_options_rejected(digit_score, options, message, capsys):
+    with pytest.raises(SystemExit):
+        digit_score.parse_args(options)
+    assert message in capsys.readouterr().err
+
+
+def test_sampler_options_reach_the_sampler(digit_score):
+    args = digit_score.parse_args(["--sampler", "pc", "--gamma", "0.3", "--delta", "0.2"])
+    assert args.sampler_opts == {"gamma": 0.3, "delta": 0.2}
+    assert digit_score.parse_args(["--sampler", "ddim"]).sampler_opts == {}
