@@ -130,6 +130,35 @@ def test_generate_defaults_to_pc_at_the_cost_of_256_ancestral_steps(cli, tiny_ch
     assert calls == [("ddim", 256), ("ancestral", 256)]
 
 
+def test_sampler_options_reach_the_sampler_and_the_sidecar(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    from vdgen.generate import PC_DELTA
+    from vdgen.sampling import DEFAULT_GAMMA
+
+    assert generate(cli, tiny_checkpoint, "a.gif")[0] == 0
+    assert json.loads((tmp_path / "a.gif.json").read_text())["sampler_options"] == {"gamma": DEFAULT_GAMMA, "delta": PC_DELTA}
+    assert generate(cli, tiny_checkpoint, "b.gif", "--delta", "0.7", "--gamma", "0.5")[0] == 0
+    assert json.loads((tmp_path / "b.gif.json").read_text())["sampler_options"] == {"gamma": 0.5, "delta": 0.7}
+    assert not np.array_equal(frames_of(tmp_path / "a.gif"), frames_of(tmp_path / "b.gif"))
+    assert generate(cli, tiny_checkpoint, "c.gif", "--sampler", "ddim")[0] == 0
+    assert json.loads((tmp_path / "c.gif.json").read_text())["sampler_options"] == {}
+    code, _, err = cli("extend", MP4, "-c", tiny_checkpoint, "--steps", "2", "--seed", "1", "--frames", "16",
+                       "--sampler", "pc", "--delta", "0.2", "-o", "ext.gif")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ext.gif.json").read_text())["sampler_options"] == {"gamma": DEFAULT_GAMMA, "delta": 0.2}
+
+
+@pytest.mark.parametrize("extra, expect", [
+    (("--sampler", "ddim", "--gamma", "0.2"), "--gamma applies to the ancestral and pc samplers, not ddim"),
+    (("--sampler", "ancestral", "--delta", "0.2"), "--delta applies to the pc sampler, not ancestral"),
+    (("--delta", "0"), "--delta must be in (0, 2]"),
+    (("--gamma", "1.5"), "--gamma must be in [0, 1]"),
+])
+def test_bad_sampler_options(cli, tiny_checkpoint, tmp_path, extra, expect):
+    fails(cli, tmp_path, "generate", "-c", tiny_checkpoint, "--steps", "2", "-o", "x.mp4", *extra, expect=expect)
+    pc = () if "--sampler" in extra else ("--sampler", "pc")  # interpolate's default sampler is ancestral
+    fails(cli, tmp_path, "interpolate", GIF, "-c", tiny_checkpoint, "--steps", "2", "-o", "y.mp4", *pc, *extra, expect=expect)
+
+
 def test_sidecar_records_a_checkpoint_under_the_working_directory_relative(cli, tiny_checkpoint, tmp_path):
     (tmp_path / "weights").mkdir()
     local = tmp_path / "weights" / "model.safetensors"

@@ -174,6 +174,27 @@ def check_fps(fps: Optional[float]) -> None:
         raise ConfigError(f"--fps must be in (0, 1000], got {fps}")
 
 
+def sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[float]) -> dict[str, float]:
+    """gamma and delta for the samplers that take them (defaults filled in; recorded in sidecars)."""
+    from vdgen.generate import PC_DELTA
+    from vdgen.sampling import DEFAULT_GAMMA
+
+    if gamma is not None and sampler not in (Sampler.ancestral, Sampler.pc):
+        raise ConfigError(f"--gamma applies to the ancestral and pc samplers, not {sampler.value}")
+    if delta is not None and sampler is not Sampler.pc:
+        raise ConfigError(f"--delta applies to the pc sampler, not {sampler.value}")
+    if gamma is not None and not 0.0 <= gamma <= 1.0:
+        raise ConfigError(f"--gamma must be in [0, 1], got {gamma:g}")
+    if delta is not None and not 0.0 < delta <= 2.0:
+        raise ConfigError(f"--delta must be in (0, 2], got {delta:g}")
+    opts: dict[str, float] = {}
+    if sampler in (Sampler.ancestral, Sampler.pc):
+        opts["gamma"] = DEFAULT_GAMMA if gamma is None else gamma
+    if sampler is Sampler.pc:
+        opts["delta"] = PC_DELTA if delta is None else delta
+    return opts
+
+
 def make_progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -240,6 +261,14 @@ ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads (0: all 
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write a PNG contact sheet next to each output.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 NoClipOpt = Annotated[bool, typer.Option("--no-clip", help="Do not clip x_hat to [-1, 1] while sampling.")]
+GammaOpt = Annotated[Optional[float], typer.Option(
+    "--gamma", help="ancestral and pc: the step's variance, interpolated in log space from the posterior's (0) to the "
+    "forward process's (1). Default 0.1 (the paper's).",
+)]
+DeltaOpt = Annotated[Optional[float], typer.Option(
+    "--delta", help="pc: Langevin corrector step size. Default 0.3 (0.1 in the paper; chosen here by digit score, "
+    "README 'Measured quality').",
+)]
 
 
 @app.callback(invoke_without_command=True)
@@ -276,6 +305,8 @@ def generate(
     preview: PreviewOpt = False,
     overwrite: OverwriteOpt = False,
     no_clip: NoClipOpt = False,
+    gamma: GammaOpt = None,
+    delta: DeltaOpt = None,
 ) -> None:
     """Sample videos from a checkpoint (unconditional) and write them as MP4, GIF or PNG frames."""
     from vdgen.generate import default_steps, sample_videos
@@ -284,6 +315,7 @@ def generate(
     set_threads(threads)
     seed = resolve_seed(seed)
     steps = default_steps(sampler.value, steps)
+    opts = sampler_options(sampler, gamma, delta)
     paths = output_paths(output, num)
     check_outputs(paths, overwrite, preview)
     dev = pick_device(device)
@@ -297,7 +329,7 @@ def generate(
         task = progress.add_task("sampling", total=num * steps)
         videos = sample_videos(
             loaded.net, loaded.model_config, loaded.diffusion_config, seeds, steps=steps, sampler=sampler.value,
-            frames=n_frames, device=dev, clip=not no_clip, precision=prec,
+            frames=n_frames, device=dev, clip=not no_clip, precision=prec, sampler_opts=opts,
             callback=lambda done, total: progress.update(task, completed=done),
         )
     elapsed = time.monotonic() - started
@@ -305,8 +337,8 @@ def generate(
         settings = {
             "command": "generate", "vdgen_version": vdgen.__version__, "checkpoint": shown_path(loaded.path),
             "checkpoint_provenance": loaded.provenance, "seed": s, "steps": steps, "sampler": sampler.value,
-            "frames": n_frames, "fps": fps, "clip_x_hat": not no_clip, "device": dev, "precision": prec,
-            "seconds_for_batch": round(elapsed, 2),
+            "sampler_options": opts, "frames": n_frames, "fps": fps, "clip_x_hat": not no_clip, "device": dev,
+            "precision": prec, "seconds_for_batch": round(elapsed, 2),
         }
         write_result(path, video, fps, settings, preview)
         err.print(f"wrote {path}")
@@ -361,6 +393,8 @@ def _conditional(
     preview: bool,
     overwrite: bool,
     no_clip: bool,
+    gamma: Optional[float],
+    delta: Optional[float],
     max_pixels: int,
     max_frames: int,
 ) -> None:
@@ -374,6 +408,7 @@ def _conditional(
     check_fps(fps)
     if guidance_weight < 0:
         raise ConfigError("--guidance-weight must be >= 0")
+    opts = sampler_options(sampler, gamma, delta)
     set_threads(threads)
     seed = resolve_seed(seed)
     check_outputs([output], overwrite, preview)
@@ -390,7 +425,7 @@ def _conditional(
     window = loaded.model_config.frames
     common = dict(
         window=window, method=method.value, w_r=guidance_weight, sampler=sampler.value, steps=steps, seed=seed,
-        sampler_opts={"clip": not no_clip},
+        sampler_opts={"clip": not no_clip, **opts},
     )
     err.print(f"seed {seed} | {loaded.path} | {clip.name}: {x.shape[1]} frames at {clip_fps:g} fps | {method.value} w_r={guidance_weight:g}")
     started = time.monotonic()
@@ -412,8 +447,8 @@ def _conditional(
     settings = {
         "command": task, "vdgen_version": vdgen.__version__, "input": shown_path(clip), "input_frames": int(x.shape[1]),
         "input_fps": clip_fps, "checkpoint": shown_path(loaded.path), "checkpoint_provenance": loaded.provenance,
-        "seed": seed, "steps": steps, "sampler": sampler.value, "method": method.value, "guidance_weight": guidance_weight,
-        "window": window, "resize": resize.value, "fps": out_fps, "clip_x_hat": not no_clip, "device": dev,
+        "seed": seed, "steps": steps, "sampler": sampler.value, "sampler_options": opts, "method": method.value,
+        "guidance_weight": guidance_weight, "window": window, "resize": resize.value, "fps": out_fps, "clip_x_hat": not no_clip, "device": dev,
         "precision": prec, "output_frames": int(video.shape[0]), "seconds": round(time.monotonic() - started, 2), **extra,
     }
     write_result(output, video, out_fps, settings, preview)
@@ -448,6 +483,8 @@ def extend(
     preview: PreviewOpt = False,
     overwrite: OverwriteOpt = False,
     no_clip: NoClipOpt = False,
+    gamma: GammaOpt = None,
+    delta: DeltaOpt = None,
     max_pixels: MaxPixelsOpt = 4096 * 4096,
     max_frames: MaxFramesOpt = 4096,
 ) -> None:
@@ -456,7 +493,7 @@ def extend(
         "extend", clip, output, checkpoint, {"frames": frames, "context": context}, method=method,
         guidance_weight=guidance_weight, sampler=sampler, steps=steps, seed=seed, fps=fps, device=device,
         precision=precision, threads=threads, resize=resize, preview=preview, overwrite=overwrite, no_clip=no_clip,
-        max_pixels=max_pixels, max_frames=max_frames,
+        gamma=gamma, delta=delta, max_pixels=max_pixels, max_frames=max_frames,
     )
 
 
@@ -479,6 +516,8 @@ def interpolate(
     preview: PreviewOpt = False,
     overwrite: OverwriteOpt = False,
     no_clip: NoClipOpt = False,
+    gamma: GammaOpt = None,
+    delta: DeltaOpt = None,
     max_pixels: MaxPixelsOpt = 4096 * 4096,
     max_frames: MaxFramesOpt = 4096,
 ) -> None:
@@ -486,8 +525,8 @@ def interpolate(
     _conditional(
         "interpolate", clip, output, checkpoint, {"factor": factor}, method=method, guidance_weight=guidance_weight,
         sampler=sampler, steps=steps, seed=seed, fps=fps, device=device, precision=precision, threads=threads,
-        resize=resize, preview=preview, overwrite=overwrite, no_clip=no_clip, max_pixels=max_pixels,
-        max_frames=max_frames,
+        resize=resize, preview=preview, overwrite=overwrite, no_clip=no_clip, gamma=gamma, delta=delta,
+        max_pixels=max_pixels, max_frames=max_frames,
     )
 
 

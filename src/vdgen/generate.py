@@ -18,6 +18,9 @@ from vdgen.sampling import SAMPLERS, evals_per_step, sample
 # pc gave the lower FVD than the paper's ancestral sampler at equal cost (README, "Measured quality").
 DEFAULT_SAMPLER = "pc"
 DEFAULT_EVALS = 256
+# The pc sampler's Langevin step size in the CLI (the library's sample_pc keeps the paper's 0.1): chosen
+# by bench/digit_score.py on the shipped checkpoint (README, "Measured quality").
+PC_DELTA = 0.3
 SAMPLE_BATCH = 8
 
 
