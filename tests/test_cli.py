@@ -321,3 +321,11 @@ def test_version_and_help(cli):
     assert code == 0 and out.startswith("vdgen ")
     code, out, _ = cli("generate", "--help")
     assert code == 0 and "--sampler" in out
+
+
+def test_delta_help_names_the_default_in_use():
+    # The help text is written out (the CLI module does not import torch at start-up); keep it true.
+    import vdgen.cli
+    from vdgen.generate import PC_DELTA
+
+    assert f"Default {PC_DELTA:g} " in vdgen.cli.DeltaOpt.__metadata__[0].help

@@ -266,7 +266,7 @@ GammaOpt = Annotated[Optional[float], typer.Option(
     "forward process's (1). Default 0.1 (the paper's).",
 )]
 DeltaOpt = Annotated[Optional[float], typer.Option(
-    "--delta", help="pc: Langevin corrector step size. Default 0.3 (0.1 in the paper; chosen here by digit score, "
+    "--delta", help="pc: Langevin corrector step size. Default 0.6 (0.1 in the paper; chosen here by digit score, "
     "README 'Measured quality').",
 )]
 

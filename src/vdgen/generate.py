@@ -20,7 +20,7 @@ DEFAULT_SAMPLER = "pc"
 DEFAULT_EVALS = 256
 # The pc sampler's Langevin step size in the CLI (the library's sample_pc keeps the paper's 0.1): chosen
 # by bench/digit_score.py on the shipped checkpoint (README, "Measured quality").
-PC_DELTA = 0.3
+PC_DELTA = 0.6
 SAMPLE_BATCH = 8
 
 
