@@ -49,7 +49,7 @@ from vdgen.errors import VdgenError
 from vdgen.frames import from_model, to_model
 from vdgen.generate import PrecisionDenoiser, sample_videos
 from vdgen.guidance import extend
-from vdgen.sampling import SAMPLERS
+from vdgen.sampling import DEFAULT_DELTA, DEFAULT_GAMMA, SAMPLERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import moving_mnist_models, print_header, set_up  # noqa: E402
@@ -161,27 +161,32 @@ def score(p: np.ndarray, digits: np.ndarray | None = None) -> dict:
     steady = (shows.sum(axis=1) >= f - STEADY_SLACK) & has_digits
     per_clip = {"frames_showing_clip_digits": shows.mean(axis=1), "steady_clips": steady.astype(float),
                 "confident_frames": confident.mean(axis=1)}
-    out: dict = {"clips": n, "changes_per_clip": float(changes.mean()), "classes_per_clip": float(digits.sum(-1).mean())}
+    # Classes per clip are always the clip's own majority classes: with true digits given they would say
+    # nothing about the frames scored.
+    majority = present.sum(axis=1) > f / 2
+    out: dict = {"clips": n, "changes_per_clip": float(changes.mean()), "classes_per_clip": float(majority.sum(-1).mean())}
     for name, share in per_clip.items():
         out[name] = float(share.mean())
         out[f"{name}_se"] = float(share.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     return out
 
 
-def controls(real: np.ndarray) -> dict[str, np.ndarray]:
+def controls(real: np.ndarray, shift: int = 0) -> dict[str, np.ndarray]:
     """Rows that calibrate the score from real clips [N, F, H, W]: soft, and morphing.
 
     Blurred clips (3x3 box filter) keep their digits but lose sharpness: how much a soft but
-    steady clip loses. Shuffled clips take frame f from clip (i + f) mod N, so no two frames come
-    from one clip (needs N >= F; skipped otherwise): the floor of the steadiness columns. The
-    shuffle permutes frames, so confident frames match the real row by construction.
+    steady clip loses. Shuffled clips take frame f from clip (i + f + shift) mod N, so no two frames
+    come from one clip (needs N >= F + shift; skipped otherwise): the floor of the steadiness
+    columns. Scored against clip i's true digits (--context), shift 1 keeps clip i's own frame out
+    of it. The shuffle permutes frames, so confident frames match the real row by construction.
     """
     n, f, h, w = real.shape
     padded = np.pad(real.astype(np.float32), ((0, 0), (0, 0), (1, 1), (1, 1)))
     blurred = sum(padded[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9
     rows = {"the same, blurred 3x3": np.round(blurred).astype(np.uint8)}
-    if n >= f:
-        rows["the same, frame f from clip i + f"] = np.stack([real[(np.arange(n) + i) % n, i] for i in range(f)], axis=1)
+    if n >= f + shift:
+        name = f"the same, frame f from clip i + f{f' + {shift}' if shift else ''}"
+        rows[name] = np.stack([real[(np.arange(n) + i + shift) % n, i] for i in range(f)], axis=1)
     return rows
 
 
@@ -233,8 +238,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num", type=int, default=64, help="clips per row: samples with seeds 0 .. num - 1, and real clips (default 64)")
     parser.add_argument("--sampler", default="dpm++", choices=SAMPLERS, help="(default dpm++)")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
-    parser.add_argument("--gamma", type=float, help="ancestral and pc: variance interpolation (default 0.1)")
-    parser.add_argument("--delta", type=float, help="pc: Langevin step size (default 0.1)")
+    parser.add_argument("--gamma", type=float, help="ancestral and pc: variance interpolation (default 0.1, the paper's)")
+    parser.add_argument("--delta", type=float, help="pc: Langevin step size (default 0.1, the paper's; vdgen generate uses 0.6)")
     parser.add_argument("--context", type=int, default=0,
                         help="score predictions instead of samples: frames CONTEXT.. of real clips predicted from their "
                              "first CONTEXT, against the clips' true digits (default 0: unconditional samples)")
@@ -254,15 +259,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num, --steps, --classifier-steps, --classifier-clips and --val-clips must be >= 1")
     if args.classifier and args.save_classifier:
         parser.error("--classifier loads one, --save-classifier saves a newly trained one: give one of them")
-    args.sampler_opts = {k: getattr(args, k) for k in ("gamma", "delta") if getattr(args, k) is not None}
-    allowed = {"ancestral": {"gamma"}, "pc": {"gamma", "delta"}}.get(args.sampler, set())
-    if set(args.sampler_opts) - allowed:
-        parser.error(f"--{' and --'.join(sorted(set(args.sampler_opts) - allowed))} do not apply to the {args.sampler} sampler")
-    if args.delta is not None and args.delta <= 0:
-        parser.error("--delta must be positive")
+    allowed = {"ancestral": ("gamma",), "pc": ("gamma", "delta")}.get(args.sampler, ())
+    for name in ("gamma", "delta"):
+        if getattr(args, name) is not None and name not in allowed:
+            parser.error(f"--{name} does not apply to the {args.sampler} sampler")
+    if args.gamma is not None and not 0.0 <= args.gamma <= 1.0:
+        parser.error("--gamma must be in [0, 1]")
+    if args.delta is not None and not 0.0 < args.delta <= 2.0:
+        parser.error("--delta must be in (0, 2]")
+    # Every row names the gamma and delta it sampled with; unset, the library's (the paper's) values.
+    defaults = {"gamma": DEFAULT_GAMMA, "delta": DEFAULT_DELTA}
+    args.sampler_opts = {k: defaults[k] if getattr(args, k) is None else getattr(args, k) for k in allowed}
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.methods or set(args.methods) - {"guidance", "replacement"}:
         parser.error("--methods takes guidance, replacement or both, comma-separated")
+    if args.methods != ["guidance", "replacement"] and not args.context:
+        parser.error("--methods needs --context")
     if args.context < 0:
         parser.error("--context must be >= 0")
     if args.size not in (16, 32, 64):
@@ -310,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     scored = slice(args.context, None)  # the frames each row scores: all, or the predicted ones
     name = f"real validation clips 0..{args.num - 1}" + (f", frames {args.context}..{frames - 1}" if args.context else "")
     rows = [{"source": name, "steps": None, **score(p_real[: args.num, scored], digits)}]
-    for name, clips in controls(real[:, scored]).items():
+    for name, clips in controls(real[:, scored], shift=1 if args.context else 0).items():
         rows.append({"source": name, "steps": None, **score(probabilities(net, clips), digits)})
     sampler_name = " ".join([args.sampler, str(args.steps), *(f"{k} {v:g}" for k, v in args.sampler_opts.items())])
     for model in models:

@@ -328,4 +328,33 @@ def test_delta_help_names_the_default_in_use():
     import vdgen.cli
     from vdgen.generate import PC_DELTA
 
+    from vdgen.sampling import DEFAULT_DELTA
+
     assert f"Default {PC_DELTA:g} " in vdgen.cli.DeltaOpt.__metadata__[0].help
+    assert f"Default {DEFAULT_DELTA:g} " in vdgen.cli.ConditionalDeltaOpt.__metadata__[0].help
+
+
+def test_delta_defaults_reach_sample_pc(cli, tiny_checkpoint, monkeypatch):
+    # generate samples at PC_DELTA; extend and interpolate keep the paper's delta (not measured there)
+    import torch
+
+    import vdgen.sampling
+    from vdgen.generate import PC_DELTA
+    from vdgen.sampling import DEFAULT_DELTA, DEFAULT_GAMMA
+
+    seen = []
+
+    def spy(denoiser, shape, logsnrs, generators, *, clip=True, callback=None, device="cpu", gamma=0.1, delta=0.1):
+        seen.append((clip, gamma, delta))
+        return torch.zeros(shape)
+
+    monkeypatch.setitem(vdgen.sampling.SAMPLERS, "pc", spy)
+    assert generate(cli, tiny_checkpoint, "a.gif")[0] == 0
+    assert generate(cli, tiny_checkpoint, "b.gif", "--no-clip", "--gamma", "0.4")[0] == 0
+    code, _, err = cli("extend", MP4, "-c", tiny_checkpoint, "--steps", "2", "--frames", "16", "--sampler", "pc", "-o", "e.gif")
+    assert code == 0, err
+    code, _, err = cli("interpolate", GIF, "-c", tiny_checkpoint, "--steps", "2", "--sampler", "pc", "--delta", "0.9",
+                       "-o", "i.gif")
+    assert code == 0, err
+    assert seen[0] == (True, DEFAULT_GAMMA, PC_DELTA) and seen[1] == (False, 0.4, PC_DELTA)
+    assert seen[2] == (True, DEFAULT_GAMMA, DEFAULT_DELTA) and seen[-1] == (True, DEFAULT_GAMMA, 0.9)

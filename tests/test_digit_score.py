@@ -107,16 +107,32 @@ def eight_frame_checkpoint(tmp_path_factory, tiny_config, make_net) -> Path:
     return path
 
 
-def test_predicted_keeps_context_out_and_is_seeded(digit_score, eight_frame_checkpoint):
+def test_predicted_keeps_context_out_and_is_seeded(digit_score, eight_frame_checkpoint, monkeypatch):
     from vdgen.checkpoint import load_model
 
     model = load_model(eight_frame_checkpoint)
-    real, _ = digit_score.labelled_clips("val", 2, 8, 16, 0)
+    real, _ = digit_score.labelled_clips("val", 3, 8, 16, 0)
     args = digit_score.parse_args([str(eight_frame_checkpoint), "--context", "3", "--sampler", "ddim", "--steps", "2"])
     a = digit_score.predicted(model, real, 3, "guidance", args)
-    assert a.shape == (2, 5, 16, 16) and a.dtype == np.uint8
-    assert np.array_equal(a, digit_score.predicted(model, real, 3, "guidance", args))  # clip i from seed i
+    assert a.shape == (3, 5, 16, 16) and a.dtype == np.uint8
+    assert np.array_equal(a, digit_score.predicted(model, real, 3, "guidance", args))
     assert not np.array_equal(a, digit_score.predicted(model, real, 3, "replacement", args))
+
+    calls = []
+
+    def fake_extend(denoiser, frames, n_total, *, context, seed, method, sampler_opts, **_):
+        # frame k of the output is flat at level 10 k + seed: which frames come back, and whose seed
+        calls.append((frames.shape, n_total, context, seed, method, sampler_opts))
+        levels = torch.tensor([10.0 * k + seed for k in range(n_total)]) / 127.5 - 1.0
+        return levels.view(1, n_total, 1, 1).expand(1, n_total, 16, 16).clone()
+
+    import torch
+
+    monkeypatch.setattr(digit_score, "extend", fake_extend)
+    out = digit_score.predicted(model, real, 3, "replacement", args)
+    assert [c[3] for c in calls] == [0, 1, 2]  # clip i from seed i
+    assert all(c[:3] == ((1, 3, 16, 16), 8, 3) and c[4] == "replacement" for c in calls)
+    assert np.array_equal(out[:, :, 0, 0], [[10 * k + i for k in range(3, 8)] for i in range(3)])  # frames 3..7
 
 
 def test_context_run_end_to_end(digit_score, eight_frame_checkpoint, tmp_path, capsys):
@@ -128,7 +144,6 @@ def test_context_run_end_to_end(digit_score, eight_frame_checkpoint, tmp_path, c
     assert [r["source"] for r in rows] == [
         "real validation clips 0..1, frames 3..7", "the same, blurred 3x3",
         f"{eight_frame_checkpoint} (guidance, ddim 2)", f"{eight_frame_checkpoint} (replacement, ddim 2)"]
-    assert all(r["classes_per_clip"] == 2 for r in rows)  # the true digits: two per validation clip
     assert "predicted from frames 0..2" in capsys.readouterr().out
 
     assert digit_score.main([str(eight_frame_checkpoint), "--context", "4", *common]) == 1
@@ -143,9 +158,12 @@ def test_context_options_rejected(digit_score, option, capsys):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--sampler", "dpm++", "--delta", "0.2"], "--delta do not apply to the dpm++ sampler"),
-    (["--sampler", "ancestral", "--gamma", "0.3", "--delta", "0.2"], "--delta do not apply to the ancestral sampler"),
-    (["--sampler", "pc", "--delta", "0"], "--delta must be positive"),
+    (["--sampler", "dpm++", "--delta", "0.2"], "--delta does not apply to the dpm++ sampler"),
+    (["--sampler", "ancestral", "--gamma", "0.3", "--delta", "0.2"], "--delta does not apply to the ancestral sampler"),
+    (["--sampler", "pc", "--delta", "0"], "--delta must be in (0, 2]"),
+    (["--sampler", "pc", "--delta", "nan"], "--delta must be in (0, 2]"),
+    (["--sampler", "ancestral", "--gamma", "2"], "--gamma must be in [0, 1]"),
+    (["--methods", "guidance"], "--methods needs --context"),
 ])
 def test_sampler_options_rejected(digit_score, options, message, capsys):
     with pytest.raises(SystemExit):
@@ -157,3 +175,13 @@ def test_sampler_options_reach_the_sampler(digit_score):
     args = digit_score.parse_args(["--sampler", "pc", "--gamma", "0.3", "--delta", "0.2"])
     assert args.sampler_opts == {"gamma": 0.3, "delta": 0.2}
     assert digit_score.parse_args(["--sampler", "ddim"]).sampler_opts == {}
+    assert digit_score.parse_args(["--sampler", "pc"]).sampler_opts == {"gamma": 0.1, "delta": 0.1}  # the paper's
+
+
+def test_shifted_shuffle_never_keeps_a_clips_own_frame(digit_score):
+    real = np.arange(8 * 5, dtype=np.uint8).reshape(8, 5, 1, 1).repeat(2, 2).repeat(2, 3)
+    rows = digit_score.controls(real, shift=1)
+    shuffled = rows["the same, frame f from clip i + f + 1"]
+    for i in range(8):
+        assert all(shuffled[i, f, 0, 0] == real[(i + f + 1) % 8, f, 0, 0] for f in range(5))
+    assert "the same, frame f from clip i + f + 1" not in digit_score.controls(real[:5], shift=1)  # needs N >= F + 1

@@ -18,6 +18,7 @@ from vdgen.evaluate import (
     CheckpointSource,
     DatasetSource,
     FolderSource,
+    describe_source,
     evaluate_interpolation,
     evaluate_prediction,
     format_table,
@@ -27,6 +28,7 @@ from vdgen.evaluate import (
     read_clips,
     repeat_last_frame,
     shared_clips,
+    source_label,
     t_grid,
     table_rows,
     validation_loss,
@@ -71,6 +73,11 @@ def test_parse_source(tmp_path):
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"")
     assert parse_source(str(checkpoint), sampler="ddim", steps=25, seed=7) == CheckpointSource(checkpoint, "ddim", 25, 7)
+    pc = parse_source(str(checkpoint), sampler="pc", sampler_opts={"gamma": 0.1, "delta": 0.6})
+    assert pc == CheckpointSource(checkpoint, "pc", 128, 0, "fp32", (("delta", 0.6), ("gamma", 0.1)))
+    assert describe_source(pc)["sampler_options"] == {"delta": 0.6, "gamma": 0.1}
+    assert source_label(pc) == "model.safetensors (pc 128 delta 0.6 gamma 0.1)"
+    assert pc != parse_source(str(checkpoint), sampler="pc")  # other options, other clips
 
 
 @pytest.mark.parametrize(
@@ -292,6 +299,14 @@ def test_cli_eval_fvd_samples_a_checkpoint_as_generate_does_by_default(tiny_chec
     for extra in (["--sampler", "dpm++"], ["--sampler", "ddim", "--steps", "9"]):
         assert run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", *extra], capsys)[0] == 1
     assert [(s.sampler, s.steps) for s in seen[1:]] == [("dpm++", 256), ("ddim", 9)]
+    # pc samples at generate's delta unless told otherwise; the options are part of the source
+    from vdgen.generate import PC_DELTA
+
+    assert dict(seen[0].options) == {"gamma": 0.1, "delta": PC_DELTA} and seen[1].options == ()
+    assert run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "--delta", "0.2"], capsys)[0] == 1
+    assert dict(seen[-1].options)["delta"] == 0.2
+    code, _, err = run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "--sampler", "ddim", "--delta", "0.2"], capsys)
+    assert code == 1 and "--delta applies to the pc sampler, not ddim" in err
     # the library agrees: a checkpoint source without sampler or steps samples as generate does
     source = parse_source(str(tiny_checkpoint))
     assert (source.sampler, source.steps) == ("pc", 128)

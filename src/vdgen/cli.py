@@ -174,9 +174,8 @@ def check_fps(fps: Optional[float]) -> None:
         raise ConfigError(f"--fps must be in (0, 1000], got {fps}")
 
 
-def sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[float]) -> dict[str, float]:
+def sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[float], default_delta: float) -> dict[str, float]:
     """gamma and delta for the samplers that take them (defaults filled in; recorded in sidecars)."""
-    from vdgen.generate import PC_DELTA
     from vdgen.sampling import DEFAULT_GAMMA
 
     if gamma is not None and sampler not in (Sampler.ancestral, Sampler.pc):
@@ -191,7 +190,7 @@ def sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[fl
     if sampler in (Sampler.ancestral, Sampler.pc):
         opts["gamma"] = DEFAULT_GAMMA if gamma is None else gamma
     if sampler is Sampler.pc:
-        opts["delta"] = PC_DELTA if delta is None else delta
+        opts["delta"] = default_delta if delta is None else delta
     return opts
 
 
@@ -248,7 +247,7 @@ GenerateStepsOpt = Annotated[Optional[int], typer.Option(
     "--steps", min=1, max=100_000, help="Sampling steps. Default: 128 for pc (2 network evaluations per step), 256 for the others.",
 )]
 GenerateSamplerOpt = Annotated[Sampler, typer.Option(
-    "--sampler", help="pc (ancestral + Langevin corrector; the default, lower FVD than ancestral at equal cost), "
+    "--sampler", help="pc (ancestral + Langevin corrector; the default, lower FVD than ancestral at equal cost at delta 0.1), "
     "ancestral (the paper's), ddim, dpm++.",
 )]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (random when absent; always printed and recorded).")]
@@ -268,6 +267,9 @@ GammaOpt = Annotated[Optional[float], typer.Option(
 DeltaOpt = Annotated[Optional[float], typer.Option(
     "--delta", help="pc: Langevin corrector step size. Default 0.6 (0.1 in the paper; chosen here by digit score, "
     "README 'Measured quality').",
+)]
+ConditionalDeltaOpt = Annotated[Optional[float], typer.Option(
+    "--delta", help="pc: Langevin corrector step size. Default 0.1 (the paper's; generate's 0.6 is not measured here).",
 )]
 
 
@@ -309,13 +311,13 @@ def generate(
     delta: DeltaOpt = None,
 ) -> None:
     """Sample videos from a checkpoint (unconditional) and write them as MP4, GIF or PNG frames."""
-    from vdgen.generate import default_steps, sample_videos
+    from vdgen.generate import PC_DELTA, default_steps, sample_videos
 
     check_fps(fps)
     set_threads(threads)
     seed = resolve_seed(seed)
     steps = default_steps(sampler.value, steps)
-    opts = sampler_options(sampler, gamma, delta)
+    opts = sampler_options(sampler, gamma, delta, PC_DELTA)
     paths = output_paths(output, num)
     check_outputs(paths, overwrite, preview)
     dev = pick_device(device)
@@ -404,11 +406,12 @@ def _conditional(
     from vdgen.generate import PrecisionDenoiser
     from vdgen.guidance import extend as extend_frames
     from vdgen.guidance import interpolate as interpolate_frames
+    from vdgen.sampling import DEFAULT_DELTA
 
     check_fps(fps)
     if guidance_weight < 0:
         raise ConfigError("--guidance-weight must be >= 0")
-    opts = sampler_options(sampler, gamma, delta)
+    opts = sampler_options(sampler, gamma, delta, DEFAULT_DELTA)
     set_threads(threads)
     seed = resolve_seed(seed)
     check_outputs([output], overwrite, preview)
@@ -484,7 +487,7 @@ def extend(
     overwrite: OverwriteOpt = False,
     no_clip: NoClipOpt = False,
     gamma: GammaOpt = None,
-    delta: DeltaOpt = None,
+    delta: ConditionalDeltaOpt = None,
     max_pixels: MaxPixelsOpt = 4096 * 4096,
     max_frames: MaxFramesOpt = 4096,
 ) -> None:
@@ -517,7 +520,7 @@ def interpolate(
     overwrite: OverwriteOpt = False,
     no_clip: NoClipOpt = False,
     gamma: GammaOpt = None,
-    delta: DeltaOpt = None,
+    delta: ConditionalDeltaOpt = None,
     max_pixels: MaxPixelsOpt = 4096 * 4096,
     max_frames: MaxFramesOpt = 4096,
 ) -> None:
@@ -603,13 +606,17 @@ def eval_fvd(
     threads: ThreadsOpt = 0,
     json_out: JsonOpt = None,
     overwrite: OverwriteOpt = False,
+    gamma: GammaOpt = None,
+    delta: DeltaOpt = None,
 ) -> None:
     """FVD between two clip sources (I3D logits, Kinetics-400); refuses a clip set against itself."""
     from vdgen.evaluate import CheckpointSource, fvd, parse_source
+    from vdgen.generate import PC_DELTA
 
+    opts = sampler_options(sampler, gamma, delta, PC_DELTA)  # checkpoints sample as `generate` does
     dev = _eval_setup(threads, device, json_out, overwrite)
     prec = resolve_precision(precision, dev, warn=False)
-    options = dict(size=size, seed=seed, sampler=sampler.value, steps=steps, precision=prec)
+    options = dict(size=size, seed=seed, sampler=sampler.value, steps=steps, precision=prec, sampler_opts=opts)
     a, b = parse_source(source_a, **options), parse_source(source_b, **options)
     if any(isinstance(source, CheckpointSource) for source in (a, b)):
         warn_precision(prec, dev)  # only checkpoints sample; clips and Moving MNIST ignore the precision

@@ -91,6 +91,7 @@ class CheckpointSource:
     steps: int = default_steps(DEFAULT_SAMPLER)
     seed: int = 0
     precision: str = "fp32"
+    options: tuple[tuple[str, float], ...] = ()  # the sampler's keyword options, e.g. (("delta", 0.6), ("gamma", 0.1))
 
 
 Source = DatasetSource | FolderSource | CheckpointSource
@@ -105,11 +106,13 @@ def parse_source(
     sampler: str = DEFAULT_SAMPLER,
     steps: int | None = None,
     precision: str = "fp32",
+    sampler_opts: dict[str, float] | None = None,
 ) -> Source:
     """A source from its text: `moving-mnist[-val][:SIZE][@START]`, a folder of clips, or a `.safetensors` checkpoint.
 
     `size` and `dataset_seed` apply to datasets; `seed` (the first sampling seed), `sampler`, `steps`
-    (None: `default_steps(sampler)`, as `generate` samples) and `precision` to checkpoints.
+    (None: `default_steps(sampler)`, as `generate` samples), `precision` and `sampler_opts` (gamma,
+    delta) to checkpoints.
     `moving-mnist-val:64@512` is the 64x64 validation set from clip 512 on.
     """
     name, _, start_text = text.partition("@")
@@ -125,7 +128,8 @@ def parse_source(
     if path.suffix.lower() == ".safetensors":
         if not path.is_file():
             raise ConfigError(f"{path}: no such checkpoint")
-        return CheckpointSource(path, sampler, default_steps(sampler, steps), seed, precision)
+        options = tuple(sorted((sampler_opts or {}).items()))
+        return CheckpointSource(path, sampler, default_steps(sampler, steps), seed, precision, options)
     if path.is_dir():
         return FolderSource(path)
     if path.exists():
@@ -143,7 +147,7 @@ def describe_source(source: Source) -> dict[str, Any]:
         return {"kind": "folder", "path": str(source.path)}
     return {
         "kind": "checkpoint", "path": str(source.path), "sampler": source.sampler, "steps": source.steps,
-        "seed": source.seed, "precision": source.precision,
+        "seed": source.seed, "precision": source.precision, "sampler_options": dict(source.options),
     }
 
 
@@ -155,7 +159,8 @@ def source_label(source: Source, n: int | None = None) -> str:
         return f"{source.name}[{source.start}:{stop}]{size}"
     if isinstance(source, FolderSource):
         return str(source.path)
-    return f"{source.path.name} ({source.sampler} {source.steps})"
+    options = "".join(f" {name} {value:g}" for name, value in source.options)
+    return f"{source.path.name} ({source.sampler} {source.steps}{options})"
 
 
 def shared_clips(a: Source, n_a: int, b: Source, n_b: int) -> int:
@@ -245,7 +250,7 @@ class ClipReader:
             yield from sample_videos(
                 loaded.net, loaded.model_config, loaded.diffusion_config, chunk, steps=source.steps,
                 sampler=source.sampler, frames=self.frames, device=self.device, precision=source.precision,
-                batch_size=self.sample_batch, callback=report,
+                batch_size=self.sample_batch, callback=report, sampler_opts=dict(source.options),
             )
 
     def report(self) -> dict[str, Any]:
