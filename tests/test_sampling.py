@@ -184,3 +184,13 @@ def test_user_errors():
         sample("ddim", linear_denoiser, (1, 1, 1, 2, 2), 0, [0])
     with pytest.raises(ConfigError, match="increase"):
         sample_ddim(linear_denoiser, (1, 1, 1, 2, 2), logsnr_grid(4).flip(0), gens(0))
+
+
+def test_noise_options_match_the_samplers_signatures():
+    import inspect
+
+    from vdgen.sampling import NOISE_OPTIONS, SAMPLERS
+
+    for name, sampler in SAMPLERS.items():
+        keywords = inspect.signature(sampler).parameters
+        assert tuple(k for k in ("gamma", "delta") if k in keywords) == NOISE_OPTIONS.get(name, ()), name

@@ -176,22 +176,20 @@ def check_fps(fps: Optional[float]) -> None:
 
 def sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[float], default_delta: float) -> dict[str, float]:
     """gamma and delta for the samplers that take them (defaults filled in; recorded in sidecars)."""
-    from vdgen.sampling import DEFAULT_GAMMA
+    from vdgen.sampling import DEFAULT_GAMMA, MAX_DELTA, NOISE_OPTIONS
 
-    if gamma is not None and sampler not in (Sampler.ancestral, Sampler.pc):
-        raise ConfigError(f"--gamma applies to the ancestral and pc samplers, not {sampler.value}")
-    if delta is not None and sampler is not Sampler.pc:
-        raise ConfigError(f"--delta applies to the pc sampler, not {sampler.value}")
+    takes = NOISE_OPTIONS.get(sampler.value, ())
+    given = {"gamma": gamma, "delta": delta}
+    for name, value in given.items():
+        if value is not None and name not in takes:
+            users = " and ".join(s for s, names in NOISE_OPTIONS.items() if name in names)
+            raise ConfigError(f"--{name} applies to the {users} sampler{'s' if ' and ' in users else ''}, not {sampler.value}")
     if gamma is not None and not 0.0 <= gamma <= 1.0:
         raise ConfigError(f"--gamma must be in [0, 1], got {gamma:g}")
-    if delta is not None and not 0.0 < delta <= 2.0:
-        raise ConfigError(f"--delta must be in (0, 2], got {delta:g}")
-    opts: dict[str, float] = {}
-    if sampler in (Sampler.ancestral, Sampler.pc):
-        opts["gamma"] = DEFAULT_GAMMA if gamma is None else gamma
-    if sampler is Sampler.pc:
-        opts["delta"] = default_delta if delta is None else delta
-    return opts
+    if delta is not None and not 0.0 < delta <= MAX_DELTA:
+        raise ConfigError(f"--delta must be in (0, {MAX_DELTA:g}], got {delta:g}")
+    defaults = {"gamma": DEFAULT_GAMMA, "delta": default_delta}
+    return {name: defaults[name] if given[name] is None else given[name] for name in takes}
 
 
 def make_progress():

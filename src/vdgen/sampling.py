@@ -31,6 +31,10 @@ Callback = Callable[[int, int], None]
 DEFAULT_GAMMA = 0.1
 # Langevin step size of the predictor-corrector sampler (paper, section 2).
 DEFAULT_DELTA = 0.1
+# The samplers' noise options, each sampler's keyword and the values that make sense: gamma in
+# [0, 1] interpolates between two variances, delta in (0, MAX_DELTA] is a Langevin step.
+NOISE_OPTIONS = {"ancestral": ("gamma",), "pc": ("gamma", "delta")}
+MAX_DELTA = 2.0
 
 
 def randn_per_sample(
