@@ -326,9 +326,51 @@ def test_cli_eval_predict_prints_a_table_and_writes_json(tiny_checkpoint, tmp_pa
     # The tiny model is 16x16, no Moving MNIST size: clips are made at 32x32 and fitted to the model.
     assert result["task"] == "prediction" and result["source"]["size"] == 32 and result["frames"] == 6
     assert [r["name"] for r in result["results"]] == ["guidance", "replacement", "repeat-last-frame"]
+    assert result["sampler_options"] == {}  # ddim has no noise options
     code, _, err = run_cli(["eval", "interpolate", "-c", str(tiny_checkpoint), "-n", "1", "--frames", "5",
                             "--json", str(out_json)], capsys)
     assert code == 1 and "exists" in err
+
+
+def test_cli_eval_predict_and_interpolate_take_gamma_and_delta(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from vdgen.sampling import DEFAULT_DELTA, DEFAULT_GAMMA
+
+    common = ["-c", str(tiny_checkpoint), "-n", "1", "--steps", "1", "--no-fvd", "--threads", "1"]
+    out_json = tmp_path / "interpolate.json"
+    code, _, err = run_cli(["eval", "interpolate", *common, "--frames", "5", "--sampler", "pc", "--delta", "0.4",
+                            "--json", str(out_json)], capsys)
+    assert code == 0, err
+    assert "pc 1 steps, gamma 0.1, delta 0.4" in err
+    assert json.loads(out_json.read_text())["sampler_options"] == {"gamma": DEFAULT_GAMMA, "delta": 0.4}
+    # the defaults are extend's and interpolate's: the paper's delta, and they reach the sampler
+    import vdgen.evaluate
+
+    seen = []
+    real_extend = vdgen.evaluate.extend
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["sampler_opts"])
+        return real_extend(*args, **kwargs)
+
+    monkeypatch.setattr(vdgen.evaluate, "extend", spy)
+    code, _, err = run_cli(["eval", "predict", *common, "--frames", "4", "--context", "2", "--sampler", "pc",
+                            "--gamma", "0.3"], capsys)
+    assert code == 0, err
+    assert seen == [{"gamma": 0.3, "delta": DEFAULT_DELTA}]
+    for task, extra in (("predict", ["--frames", "4"]), ("interpolate", ["--frames", "5"])):
+        code, _, err = run_cli(["eval", task, *common, *extra, "--delta", "0.2"], capsys)
+        assert code == 1 and "--delta applies to the pc sampler, not ancestral" in err
+        code, _, err = run_cli(["eval", task, *common, *extra, "--sampler", "pc", "--delta", "3"], capsys)
+        assert code == 1 and "--delta must be in (0, 2]" in err
+
+
+def test_library_evaluation_rejects_an_unknown_sampler_option_before_sampling(tiny_checkpoint):
+    from vdgen.checkpoint import load_model
+
+    loaded = load_model(tiny_checkpoint)
+    clips = np.zeros((1, 4, 16, 16, 1), np.uint8)
+    with pytest.raises(ConfigError, match="sampler 'ancestral' has no option 'delta'"):
+        evaluate_prediction(loaded, clips, 2, seeds=[0], sampler_opts={"delta": 0.3}, with_fvd=False)
 
 
 class _Zero(torch.nn.Module):

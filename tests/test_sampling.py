@@ -194,3 +194,14 @@ def test_noise_options_match_the_samplers_signatures():
     for name, sampler in SAMPLERS.items():
         keywords = inspect.signature(sampler).parameters
         assert tuple(k for k in ("gamma", "delta") if k in keywords) == NOISE_OPTIONS.get(name, ()), name
+
+
+def test_noise_options_fill_in_the_defaults_and_reject_what_a_sampler_does_not_take():
+    from vdgen.sampling import DEFAULT_DELTA, DEFAULT_GAMMA, noise_options
+
+    assert noise_options("pc") == {"gamma": DEFAULT_GAMMA, "delta": DEFAULT_DELTA}
+    assert noise_options("pc", {"delta": 0.6}) == {"gamma": DEFAULT_GAMMA, "delta": 0.6}
+    assert noise_options("ancestral", {"gamma": 1}) == {"gamma": 1.0}
+    assert noise_options("ddim", None) == {}
+    with pytest.raises(ConfigError, match="sampler 'dpm\\+\\+' has no option 'gamma'"):
+        noise_options("dpm++", {"gamma": 0.2})

@@ -192,6 +192,13 @@ def sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[fl
     return {name: defaults[name] if given[name] is None else given[name] for name in takes}
 
 
+def conditional_sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[float]) -> dict[str, float]:
+    """gamma / delta for extend, interpolate and their evaluations: pc at the paper's delta (generate's is not measured there)."""
+    from vdgen.sampling import DEFAULT_DELTA
+
+    return sampler_options(sampler, gamma, delta, DEFAULT_DELTA)
+
+
 def make_progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -404,12 +411,11 @@ def _conditional(
     from vdgen.generate import PrecisionDenoiser
     from vdgen.guidance import extend as extend_frames
     from vdgen.guidance import interpolate as interpolate_frames
-    from vdgen.sampling import DEFAULT_DELTA
 
     check_fps(fps)
     if guidance_weight < 0:
         raise ConfigError("--guidance-weight must be >= 0")
-    opts = sampler_options(sampler, gamma, delta, DEFAULT_DELTA)
+    opts = conditional_sampler_options(sampler, gamma, delta)
     set_threads(threads)
     seed = resolve_seed(seed)
     check_outputs([output], overwrite, preview)
@@ -640,7 +646,8 @@ def _eval_conditional(task: str, source: str, checkpoint: Optional[Path], num: i
     network = None if no_fvd else load_i3d(i3d, dev)
     evaluate = evaluate_prediction if task == "predict" else evaluate_interpolation
     err.print(f"{loaded.path} | {read['label']}: {len(clips)} clips of {frames} frames | "
-              f"{', '.join(m.value for m in methods)} | {options['sampler']} {options['steps']} steps")
+              f"{', '.join(m.value for m in methods)} | {options['sampler']} {options['steps']} steps"
+              f"{''.join(f', {k} {v:g}' for k, v in options['sampler_opts'].items())}")
     with make_progress() as progress:
         result = evaluate(
             loaded, clips, amount, method=[m.value for m in methods], seeds=[seed + i for i in range(len(clips))],
@@ -676,11 +683,14 @@ def eval_predict(
     threads: ThreadsOpt = 0,
     json_out: JsonOpt = None,
     overwrite: OverwriteOpt = False,
+    gamma: GammaOpt = None,
+    delta: ConditionalDeltaOpt = None,
 ) -> None:
     """Video prediction: condition on the first --context frames of true clips, score the rest (PSNR, SSIM, FVD)."""
     _eval_conditional(
         "predict", source, checkpoint, num, frames, context, method, seed, resize, i3d, no_fvd, device, precision,
         threads, json_out, overwrite, w_r=guidance_weight, sampler=sampler.value, steps=steps,
+        sampler_opts=conditional_sampler_options(sampler, gamma, delta),
     )
 
 
@@ -704,11 +714,14 @@ def eval_interpolate(
     threads: ThreadsOpt = 0,
     json_out: JsonOpt = None,
     overwrite: OverwriteOpt = False,
+    gamma: GammaOpt = None,
+    delta: ConditionalDeltaOpt = None,
 ) -> None:
     """Temporal interpolation: keep every --factor-th frame of true clips, fill in the rest, score against blending."""
     _eval_conditional(
         "interpolate", source, checkpoint, num, frames, factor, method, seed, resize, i3d, no_fvd, device, precision,
         threads, json_out, overwrite, w_r=guidance_weight, sampler=sampler.value, steps=steps,
+        sampler_opts=conditional_sampler_options(sampler, gamma, delta),
     )
 
 

@@ -39,6 +39,7 @@ from vdgen.guidance import DEFAULT_STEPS, DEFAULT_W_R, extend, interpolate, plan
 from vdgen.i3d import load_i3d
 from vdgen.metrics import fvd_from_features, i3d_features, psnr, ssim
 from vdgen.precision import autocast
+from vdgen.sampling import noise_options
 from vdgen.schedule import logsnr_schedule_cosine
 from vdgen.video import read_video
 
@@ -562,6 +563,7 @@ def evaluate_prediction(
     `i3d` None loads the pretrained network when FVD is computed.
     """
     methods = _methods(method)
+    noise = noise_options(sampler, sampler_opts)  # a bad option fails before any sampling
     clips = _check_clips(clips, loaded, seeds)
     frames = clips.shape[1]
     if not 1 <= context < frames:
@@ -583,7 +585,7 @@ def evaluate_prediction(
         batch_size=batch_size, device=device, progress=progress,
     )
     header = {"task": "prediction", "context": context, "window": window, "window_context": window_context,
-              "w_r": w_r, "sampler": sampler}
+              "w_r": w_r, "sampler": sampler, "sampler_options": noise}
     return _json_ready({**header, **result})
 
 
@@ -612,6 +614,7 @@ def evaluate_interpolation(
     (one sample per clip, mean over clips) and FVD of the whole output against the true frames.
     """
     methods = _methods(method)
+    noise = noise_options(sampler, sampler_opts)  # a bad option fails before any sampling
     clips = _check_clips(clips, loaded, seeds)
     if factor < 2:
         raise ConfigError(f"the interpolation factor must be at least 2, got {factor}")
@@ -637,7 +640,7 @@ def evaluate_interpolation(
         batch_size=batch_size, device=device, progress=progress,
     )
     header = {"task": "interpolation", "factor": factor, "kept_frames": kept, "window": window, "w_r": w_r,
-              "sampler": sampler}
+              "sampler": sampler, "sampler_options": noise}
     return _json_ready({**header, **result})
 
 

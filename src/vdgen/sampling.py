@@ -242,6 +242,17 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 }
 
 
+def noise_options(name: str, given: dict | None = None) -> dict[str, float]:
+    """The gamma / delta that sampler `name` runs with: `given` (a subset of NOISE_OPTIONS[name]) over the defaults."""
+    takes = NOISE_OPTIONS.get(name, ())
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(takes))
+    if unknown:
+        raise ConfigError(f"sampler {name!r} has no option {unknown[0]!r}")
+    defaults = {"gamma": DEFAULT_GAMMA, "delta": DEFAULT_DELTA}
+    return {option: float(given.get(option, defaults[option])) for option in takes}
+
+
 def evals_per_step(name: str) -> int:
     """Network evaluations per step of sampler `name`: 2 for pc (predictor and corrector), else 1."""
     return 2 if name == "pc" else 1
