@@ -3,6 +3,7 @@
     python bench/digit_score.py weights/vdgen-mmnist32.safetensors runs/cool/model.safetensors --num 64
     python bench/digit_score.py A.safetensors --classifier digit_classifier.safetensors   # reuse one
     python bench/digit_score.py A.safetensors --context 5   # frames 5.. predicted from 0..4, against the true digits
+    python bench/digit_score.py --pair a.json b.json   # paired differences of earlier runs' sampled rows
 
 Issue 5 asks for samples that "show two recognisable digits moving smoothly", and contact sheets
 judge that by eye. This judges it with a small CNN, trained here on frames of Moving MNIST clips of
@@ -20,7 +21,9 @@ the same clips blurred 3x3 (steady digits, soft frames: what softness alone cost
 trains with some blur, but a full 3x3 box blur still costs it) and shuffled across clips (no two
 frames from one clip: the floor of the steadiness columns). A CNN's reading is a proxy for a
 person's, as the Inception score is: compare rows within one table, or tables made with one saved
-classifier (`--classifier`). `±` is one standard error across clips.
+classifier (`--classifier`). `±` is one standard error across clips. With several checkpoints (or
+both --methods) a second table gives each sampled row minus the first, paired clip by clip: the
+same seeds, so a smaller error than the rows' own. The JSON keeps every row's per-clip values.
 
 With `--context N` each row scores frames N.. of real validation clips instead, as the model predicts
 them from the first N (reconstruction guidance or replacement), against the clips' true digits: can
@@ -168,7 +171,58 @@ def score(p: np.ndarray, digits: np.ndarray | None = None) -> dict:
     for name, share in per_clip.items():
         out[name] = float(share.mean())
         out[f"{name}_se"] = float(share.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    out["per_clip"] = {name: share.tolist() for name, share in per_clip.items()}
     return out
+
+
+def paired_difference(a: dict, b: dict, name: str) -> tuple[float, float]:
+    """Mean and standard error of b - a over clips, clip i against clip i (rows of one run: the same seeds).
+
+    Two checkpoints sampled from the same seeds make correlated clips, so the paired difference has
+    a smaller error than the two rows' errors combined.
+    """
+    x, y = np.asarray(a["per_clip"][name]), np.asarray(b["per_clip"][name])
+    if x.shape != y.shape:
+        raise ValueError(f"rows of {len(x)} and {len(y)} clips do not pair")
+    d = y - x
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
+def print_paired(sampled: list[dict], context: bool) -> None:
+    """The paired table: every sampled row minus the first, clip by clip, in percentage points."""
+    print(f"\nPaired by clip (the same seeds{' and clips' if context else ''}), each row minus "
+          f"{sampled[0]['source']}, in percentage points:")
+    print("| clips | frames showing the clip's digits | steady clips |")
+    print("|---|---|---|")
+    for r in sampled[1:]:
+        diffs = [paired_difference(sampled[0], r, k) for k in ("frames_showing_clip_digits", "steady_clips")]
+        print(f"| {r['source']} | " + " | ".join(f"{100 * m:+.1f} ± {100 * se:.1f}" for m, se in diffs) + " |")
+
+
+def pair_files(paths: list[Path]) -> int:
+    """--pair: the paired table across the sampled rows of earlier runs' --json files (same clips and seeds)."""
+    sampled, first = [], None
+    for path in paths:
+        try:
+            payload = json.loads(path.read_text())
+            setting = {k: payload["args"][k] for k in ("num", "context")}
+            rows = [r for r in payload["rows"] if "sample_seconds" in r]
+            if any("per_clip" not in r for r in rows):
+                raise KeyError("per_clip")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: {path}: not a digit_score.py --json file with per-clip values ({exc})", file=sys.stderr)
+            return 1
+        if first is not None and setting != first:
+            print(f"error: {path}: --num {setting['num']} --context {setting['context']}, the first file has "
+                  f"--num {first['num']} --context {first['context']}: its clips do not pair", file=sys.stderr)
+            return 1
+        first = first or setting
+        sampled += [{**r, "source": f"{r['source']} [{path.name}]"} for r in rows]
+    if len(sampled) < 2:
+        print("error: --pair needs at least two sampled rows across its files", file=sys.stderr)
+        return 1
+    print_paired(sampled, first["context"] != "0")
+    return 0
 
 
 def controls(real: np.ndarray, shift: int = 0) -> dict[str, np.ndarray]:
@@ -254,7 +308,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="sampling (default fp32)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--pair", type=Path, nargs="+", metavar="JSON",
+                        help="no sampling: the paired table across earlier runs' --json files (sampled rows, in order)")
     args = parser.parse_args(argv)
+    if args.pair and args.checkpoints:
+        parser.error("--pair reads earlier results; give it no checkpoints")
     if args.num < 1 or args.steps < 1 or args.classifier_steps < 1 or args.classifier_clips < 1 or args.val_clips < 1:
         parser.error("--num, --steps, --classifier-steps, --classifier-clips and --val-clips must be >= 1")
     if args.classifier and args.save_classifier:
@@ -287,6 +345,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.pair:
+        return pair_files(args.pair)
     set_up(args)
     try:
         models, shape = moving_mnist_models(args.checkpoints)
@@ -351,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                            for k in ("frames_showing_clip_digits", "steady_clips", "confident_frames"))
         steps = r["steps"] if r["steps"] is not None else "-"
         print(f"| {r['source']} | {steps} | {rates} | {r['changes_per_clip']:.2f} | {r['classes_per_clip']:.2f} |")
+    sampled = [r for r in rows if "sample_seconds" in r]
+    if len(sampled) > 1:
+        print_paired(sampled, bool(args.context))
     if args.json:
         payload = {"args": {k: str(v) for k, v in vars(args).items()}, "classifier_accuracy": accuracy, "rows": rows}
         try:

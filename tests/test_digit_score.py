@@ -144,7 +144,13 @@ def test_context_run_end_to_end(digit_score, eight_frame_checkpoint, tmp_path, c
     assert [r["source"] for r in rows] == [
         "real validation clips 0..1, frames 3..7", "the same, blurred 3x3",
         f"{eight_frame_checkpoint} (guidance, ddim 2)", f"{eight_frame_checkpoint} (replacement, ddim 2)"]
-    assert "predicted from frames 0..2" in capsys.readouterr().out
+    assert all(len(r["per_clip"]["steady_clips"]) == 2 for r in rows)
+    printed = capsys.readouterr().out
+    assert "predicted from frames 0..2" in printed
+    # the second table pairs the replacement row with the guidance row, clip by clip
+    paired = printed.split("Paired by clip")[1].splitlines()
+    assert f"each row minus {eight_frame_checkpoint} (guidance, ddim 2)" in paired[0]
+    assert paired[-1].startswith(f"| {eight_frame_checkpoint} (replacement, ddim 2) | ")
 
     assert digit_score.main([str(eight_frame_checkpoint), "--context", "4", *common]) == 1
     assert "--context 4 leaves 4 of 8 frames" in capsys.readouterr().err
@@ -185,3 +191,42 @@ def test_shifted_shuffle_never_keeps_a_clips_own_frame(digit_score):
     for i in range(8):
         assert all(shuffled[i, f, 0, 0] == real[(i + f + 1) % 8, f, 0, 0] for f in range(5))
     assert "the same, frame f from clip i + f + 1" not in digit_score.controls(real[:5], shift=1)  # needs N >= F + 1
+
+
+def test_paired_difference_by_hand(digit_score):
+    a = digit_score.score(np.stack([clip_of([{3, 7}] * 16), clip_of([{1}] * 8 + [{2}] * 8), clip_of([{4}] * 16)]))
+    b = digit_score.score(np.stack([clip_of([{3, 7}] * 16), clip_of([{1}] * 16), clip_of([{4}] * 12 + [{5}] * 4)]))
+    assert a["per_clip"]["frames_showing_clip_digits"] == [1.0, 0.0, 1.0]
+    mean, se = digit_score.paired_difference(a, b, "frames_showing_clip_digits")
+    d = np.array([0.0, 1.0, -0.25])
+    assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / math.sqrt(3))
+    assert digit_score.paired_difference(a, b, "steady_clips") == pytest.approx((0.0, np.std([0, 1, -1], ddof=1) / math.sqrt(3)))
+    with pytest.raises(ValueError, match="rows of 3 and 1 clips do not pair"):
+        digit_score.paired_difference(a, digit_score.score(clip_of([{4}] * 16)[None]), "steady_clips")
+
+
+def _payload(digit_score, clips, num, sampled=True):
+    row = {"source": "m.safetensors (pc 2)", "steps": 1, **digit_score.score(np.stack(clips))}
+    if sampled:
+        row["sample_seconds"] = 1.0
+    return {"args": {"num": str(num), "context": "0"}, "rows": [{"source": "real", "steps": None}, row]}
+
+
+def test_pair_reads_earlier_runs(digit_score, tmp_path, capsys):
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_payload(digit_score, [clip_of([{3, 7}] * 16), clip_of([{1}] * 8 + [{2}] * 8)], 2)))
+    b.write_text(json.dumps(_payload(digit_score, [clip_of([{3, 7}] * 16), clip_of([{1}] * 16)], 2)))
+    assert digit_score.main(["--pair", str(a), str(b)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    # clip 2 went from 0 to 16 frames showing its digits and became steady: +50 points each, se 50
+    assert last == "| m.safetensors (pc 2) [b.json] | +50.0 ± 50.0 | +50.0 ± 50.0 |"
+    c.write_text(json.dumps(_payload(digit_score, [clip_of([{3}] * 16)] * 3, 3)))
+    assert digit_score.main(["--pair", str(a), str(c)]) == 1
+    assert "--num 3 --context 0, the first file has --num 2 --context 0" in capsys.readouterr().err
+    c.write_text(json.dumps({"args": {"num": "2", "context": "0"}, "rows": [{"source": "x", "sample_seconds": 1}]}))
+    assert digit_score.main(["--pair", str(a), str(c)]) == 1
+    assert "not a digit_score.py --json file with per-clip values" in capsys.readouterr().err
+    assert digit_score.main(["--pair", str(a)]) == 1
+    assert "at least two sampled rows" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        digit_score.parse_args(["m.safetensors", "--pair", str(a)])
