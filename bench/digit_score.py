@@ -3,7 +3,7 @@
     python bench/digit_score.py weights/vdgen-mmnist32.safetensors runs/cool/model.safetensors --num 64
     python bench/digit_score.py A.safetensors --classifier digit_classifier.safetensors   # reuse one
     python bench/digit_score.py A.safetensors --context 5   # frames 5.. predicted from 0..4, against the true digits
-    python bench/digit_score.py --pair a.json b.json   # paired differences of earlier runs' sampled rows
+    python bench/digit_score.py --pair a.json b.json [--base 2]   # paired differences of earlier runs' sampled rows
 
 Issue 5 asks for samples that "show two recognisable digits moving smoothly", and contact sheets
 judge that by eye. This judges it with a small CNN, trained here on frames of Moving MNIST clips of
@@ -199,8 +199,9 @@ def print_paired(sampled: list[dict], context: bool) -> None:
         print(f"| {r['source']} | " + " | ".join(f"{100 * m:+.1f} ± {100 * se:.1f}" for m, se in diffs) + " |")
 
 
-def pair_files(paths: list[Path]) -> int:
-    """--pair: the paired table across the sampled rows of earlier runs' --json files (same clips and seeds)."""
+def pair_files(paths: list[Path], base: int = 1) -> int:
+    """--pair: the paired table across the sampled rows of earlier runs' --json files (same clips and seeds),
+    each row minus sampled row number `base` (1: the first)."""
     sampled, first = [], None
     for path in paths:
         try:
@@ -221,7 +222,10 @@ def pair_files(paths: list[Path]) -> int:
     if len(sampled) < 2:
         print("error: --pair needs at least two sampled rows across its files", file=sys.stderr)
         return 1
-    print_paired(sampled, first["context"] != "0")
+    if not 1 <= base <= len(sampled):
+        print(f"error: --base {base}: the files hold {len(sampled)} sampled rows", file=sys.stderr)
+        return 1
+    print_paired([sampled[base - 1], *sampled[: base - 1], *sampled[base:]], first["context"] != "0")
     return 0
 
 
@@ -310,6 +314,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--pair", type=Path, nargs="+", metavar="JSON",
                         help="no sampling: the paired table across earlier runs' --json files (sampled rows, in order)")
+    parser.add_argument("--base", type=int, default=1, help="with --pair: the sampled row (1, 2, ..., in file order) "
+                        "the others are paired against (default 1)")
     args = parser.parse_args(argv)
     if args.pair and args.checkpoints:
         parser.error("--pair reads earlier results; give it no checkpoints")
@@ -346,7 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.pair:
-        return pair_files(args.pair)
+        return pair_files(args.pair, args.base)
     set_up(args)
     try:
         models, shape = moving_mnist_models(args.checkpoints)

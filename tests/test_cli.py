@@ -108,13 +108,13 @@ def test_train_messages_print_a_run_folder_name_verbatim(cli):
     assert "training run[bold] from step 0 to 1" in err
 
 
-def test_generate_defaults_to_pc_at_the_cost_of_256_ancestral_steps(cli, tiny_checkpoint, tmp_path, monkeypatch):
+def test_generate_defaults_to_256_steps_of_pc(cli, tiny_checkpoint, tmp_path, monkeypatch):
     code, _, err = cli("generate", "-c", tiny_checkpoint, "--seed", "1", "--device", "cpu", "-o", "default.gif")
     assert code == 0, err
-    assert "pc 128 steps" in err
+    assert "pc 256 steps" in err
     sidecar = json.loads((tmp_path / "default.gif.json").read_text())
-    assert (sidecar["sampler"], sidecar["steps"]) == ("pc", 128)
-    # another sampler without --steps gets 256 (one network evaluation per step)
+    assert (sidecar["sampler"], sidecar["steps"]) == ("pc", 256)
+    # another sampler without --steps gets 256 steps too
     import vdgen.generate
 
     calls = []

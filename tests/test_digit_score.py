@@ -220,6 +220,10 @@ def test_pair_reads_earlier_runs(digit_score, tmp_path, capsys):
     last = capsys.readouterr().out.splitlines()[-1]
     # clip 2 went from 0 to 16 frames showing its digits and became steady: +50 points each, se 50
     assert last == "| m.safetensors (pc 2) [b.json] | +50.0 ± 50.0 | +50.0 ± 50.0 |"
+    assert digit_score.main(["--pair", str(a), str(b), "--base", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "| m.safetensors (pc 2) [a.json] | -50.0 ± 50.0 | -50.0 ± 50.0 |"
+    assert digit_score.main(["--pair", str(a), str(b), "--base", "3"]) == 1
+    assert "--base 3: the files hold 2 sampled rows" in capsys.readouterr().err
     c.write_text(json.dumps(_payload(digit_score, [clip_of([{3}] * 16)] * 3, 3)))
     assert digit_score.main(["--pair", str(a), str(c)]) == 1
     assert "--num 3 --context 0, the first file has --num 2 --context 0" in capsys.readouterr().err

@@ -74,9 +74,9 @@ def test_parse_source(tmp_path):
     checkpoint.write_bytes(b"")
     assert parse_source(str(checkpoint), sampler="ddim", steps=25, seed=7) == CheckpointSource(checkpoint, "ddim", 25, 7)
     pc = parse_source(str(checkpoint), sampler="pc", sampler_opts={"gamma": 0.1, "delta": 0.6})
-    assert pc == CheckpointSource(checkpoint, "pc", 128, 0, "fp32", (("delta", 0.6), ("gamma", 0.1)))
+    assert pc == CheckpointSource(checkpoint, "pc", 256, 0, "fp32", (("delta", 0.6), ("gamma", 0.1)))
     assert describe_source(pc)["sampler_options"] == {"delta": 0.6, "gamma": 0.1}
-    assert source_label(pc) == "model.safetensors (pc 128 delta 0.6 gamma 0.1)"
+    assert source_label(pc) == "model.safetensors (pc 256 delta 0.6 gamma 0.1)"
     assert pc != parse_source(str(checkpoint), sampler="pc")  # other options, other clips
 
 
@@ -295,7 +295,7 @@ def test_cli_eval_fvd_samples_a_checkpoint_as_generate_does_by_default(tiny_chec
     monkeypatch.setattr(vdgen.evaluate, "fvd", capture)
     code, _, err = run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", "-n", "2"], capsys)
     assert code == 1 and "stopped before sampling" in err
-    assert isinstance(seen[0], CheckpointSource) and (seen[0].sampler, seen[0].steps) == ("pc", 128)
+    assert isinstance(seen[0], CheckpointSource) and (seen[0].sampler, seen[0].steps) == ("pc", 256)
     for extra in (["--sampler", "dpm++"], ["--sampler", "ddim", "--steps", "9"]):
         assert run_cli(["eval", "fvd", str(tiny_checkpoint), "moving-mnist-val", *extra], capsys)[0] == 1
     assert [(s.sampler, s.steps) for s in seen[1:]] == [("dpm++", 256), ("ddim", 9)]
@@ -309,7 +309,7 @@ def test_cli_eval_fvd_samples_a_checkpoint_as_generate_does_by_default(tiny_chec
     assert code == 1 and "--delta applies to the pc sampler, not ddim" in err
     # the library agrees: a checkpoint source without sampler or steps samples as generate does
     source = parse_source(str(tiny_checkpoint))
-    assert (source.sampler, source.steps) == ("pc", 128)
+    assert (source.sampler, source.steps) == ("pc", 256)
 
 
 def test_cli_eval_predict_prints_a_table_and_writes_json(tiny_checkpoint, tmp_path, capsys):

@@ -249,7 +249,7 @@ CheckpointOpt = Annotated[
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, max=100_000, help="Sampling steps (NFE per sample; pc uses about twice as many).")]
 SamplerOpt = Annotated[Sampler, typer.Option("--sampler", help="ancestral (the paper's), pc (ancestral + Langevin corrector), ddim, dpm++.")]
 GenerateStepsOpt = Annotated[Optional[int], typer.Option(
-    "--steps", min=1, max=100_000, help="Sampling steps. Default: 128 for pc (2 network evaluations per step), 256 for the others.",
+    "--steps", min=1, max=100_000, help="Sampling steps. Default 256 for every sampler (pc: 2 network evaluations per step).",
 )]
 GenerateSamplerOpt = Annotated[Sampler, typer.Option(
     "--sampler", help="pc (ancestral + Langevin corrector; the default, lower FVD than ancestral at equal cost at delta 0.1), "
@@ -321,7 +321,7 @@ def generate(
     check_fps(fps)
     set_threads(threads)
     seed = resolve_seed(seed)
-    steps = default_steps(sampler.value, steps)
+    steps = default_steps(steps)
     opts = sampler_options(sampler, gamma, delta, PC_DELTA)
     paths = output_paths(output, num)
     check_outputs(paths, overwrite, preview)

@@ -89,7 +89,7 @@ class CheckpointSource:
 
     path: Path
     sampler: str = DEFAULT_SAMPLER
-    steps: int = default_steps(DEFAULT_SAMPLER)
+    steps: int = default_steps()
     seed: int = 0
     precision: str = "fp32"
     options: tuple[tuple[str, float], ...] = ()  # the sampler's keyword options, e.g. (("delta", 0.6), ("gamma", 0.1))
@@ -112,7 +112,7 @@ def parse_source(
     """A source from its text: `moving-mnist[-val][:SIZE][@START]`, a folder of clips, or a `.safetensors` checkpoint.
 
     `size` and `dataset_seed` apply to datasets; `seed` (the first sampling seed), `sampler`, `steps`
-    (None: `default_steps(sampler)`, as `generate` samples), `precision` and `sampler_opts` (gamma,
+    (None: `default_steps()`, as `generate` samples), `precision` and `sampler_opts` (gamma,
     delta) to checkpoints.
     `moving-mnist-val:64@512` is the 64x64 validation set from clip 512 on.
     """
@@ -130,7 +130,7 @@ def parse_source(
         if not path.is_file():
             raise ConfigError(f"{path}: no such checkpoint")
         options = tuple(sorted((sampler_opts or {}).items()))
-        return CheckpointSource(path, sampler, default_steps(sampler, steps), seed, precision, options)
+        return CheckpointSource(path, sampler, default_steps(steps), seed, precision, options)
     if path.is_dir():
         return FolderSource(path)
     if path.exists():
