@@ -22,8 +22,9 @@ trains with some blur, but a full 3x3 box blur still costs it) and shuffled acro
 frames from one clip: the floor of the steadiness columns). A CNN's reading is a proxy for a
 person's, as the Inception score is: compare rows within one table, or tables made with one saved
 classifier (`--classifier`). `±` is one standard error across clips. With several checkpoints (or
-both --methods) a second table gives each sampled row minus the first, paired clip by clip: the
-same seeds, so a smaller error than the rows' own. The JSON keeps every row's per-clip values.
+both --methods) a second table gives each sampled row minus the first, paired clip by clip (the
+same seeds: a smaller error than the rows' own when their clips are alike, not otherwise). The JSON
+keeps every row's per-clip values.
 
 With `--context N` each row scores frames N.. of real validation clips instead, as the model predicts
 them from the first N (reconstruction guidance or replacement), against the clips' true digits: can
@@ -178,8 +179,8 @@ def score(p: np.ndarray, digits: np.ndarray | None = None) -> dict:
 def paired_difference(a: dict, b: dict, name: str) -> tuple[float, float]:
     """Mean and standard error of b - a over clips, clip i against clip i (rows of one run: the same seeds).
 
-    Two checkpoints sampled from the same seeds make correlated clips, so the paired difference has
-    a smaller error than the two rows' errors combined.
+    Where the two rows' clips are correlated (the same seeds, similar samplers or weights), the paired
+    error is smaller than the two rows' errors combined; where they are not, it is about the same.
     """
     x, y = np.asarray(a["per_clip"][name]), np.asarray(b["per_clip"][name])
     if x.shape != y.shape:
@@ -202,23 +203,26 @@ def print_paired(sampled: list[dict], context: bool) -> None:
 def pair_files(paths: list[Path], base: int = 1) -> int:
     """--pair: the paired table across the sampled rows of earlier runs' --json files (same clips and seeds),
     each row minus sampled row number `base` (1: the first)."""
+    if len({path.resolve() for path in paths}) < len(paths):
+        print("error: --pair got one file twice: a row paired with itself says nothing", file=sys.stderr)
+        return 1
     sampled, first = [], None
     for path in paths:
         try:
             payload = json.loads(path.read_text())
-            setting = {k: payload["args"][k] for k in ("num", "context")}
-            rows = [r for r in payload["rows"] if "sample_seconds" in r]
+            setting = {k: payload["args"][k] for k in ("num", "context", "classifier")}
+            rows = [{**r, "source": f"{r['source']} [{path.name}]"} for r in payload["rows"] if "sample_seconds" in r]
             if any("per_clip" not in r for r in rows):
                 raise KeyError("per_clip")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            print(f"error: {path}: not a digit_score.py --json file with per-clip values ({exc})", file=sys.stderr)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            print(f"error: {path}: not a digit_score.py --json file with per-clip values ({exc!r})", file=sys.stderr)
             return 1
         if first is not None and setting != first:
-            print(f"error: {path}: --num {setting['num']} --context {setting['context']}, the first file has "
-                  f"--num {first['num']} --context {first['context']}: its clips do not pair", file=sys.stderr)
+            differ = ", ".join(f"--{k} {setting[k]} (first file: {first[k]})" for k in setting if setting[k] != first[k])
+            print(f"error: {path}: {differ}: its rows do not pair with the first file's", file=sys.stderr)
             return 1
         first = first or setting
-        sampled += [{**r, "source": f"{r['source']} [{path.name}]"} for r in rows]
+        sampled += rows
     if len(sampled) < 2:
         print("error: --pair needs at least two sampled rows across its files", file=sys.stderr)
         return 1
@@ -317,8 +321,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base", type=int, default=1, help="with --pair: the sampled row (1, 2, ..., in file order) "
                         "the others are paired against (default 1)")
     args = parser.parse_args(argv)
-    if args.pair and args.checkpoints:
-        parser.error("--pair reads earlier results; give it no checkpoints")
+    if args.pair:
+        given = [dest for dest in vars(args) if dest not in ("pair", "base", "checkpoints") and getattr(args, dest) != parser.get_default(dest)]
+        if args.checkpoints:
+            parser.error("--pair reads earlier results; give it no checkpoints")
+        if given:
+            parser.error(f"--pair only reads earlier results: --{given[0].replace('_', '-')} does not apply")
+    elif args.base != 1:
+        parser.error("--base needs --pair")
     if args.num < 1 or args.steps < 1 or args.classifier_steps < 1 or args.classifier_clips < 1 or args.val_clips < 1:
         parser.error("--num, --steps, --classifier-steps, --classifier-clips and --val-clips must be >= 1")
     if args.classifier and args.save_classifier:

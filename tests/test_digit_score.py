@@ -205,11 +205,11 @@ def test_paired_difference_by_hand(digit_score):
         digit_score.paired_difference(a, digit_score.score(clip_of([{4}] * 16)[None]), "steady_clips")
 
 
-def _payload(digit_score, clips, num, sampled=True):
-    row = {"source": "m.safetensors (pc 2)", "steps": 1, **digit_score.score(np.stack(clips))}
-    if sampled:
-        row["sample_seconds"] = 1.0
-    return {"args": {"num": str(num), "context": "0"}, "rows": [{"source": "real", "steps": None}, row]}
+def _payload(digit_score, clips, num, context="0", classifier="c.safetensors", rows=1):
+    sampled = [{"source": f"m{i}.safetensors (pc 2)", "steps": 1, "sample_seconds": 1.0, **digit_score.score(np.stack(clips))}
+               for i in range(rows)]
+    return {"args": {"num": str(num), "context": context, "classifier": classifier},
+            "rows": [{"source": "real", "steps": None}, *sampled]}
 
 
 def test_pair_reads_earlier_runs(digit_score, tmp_path, capsys):
@@ -219,18 +219,51 @@ def test_pair_reads_earlier_runs(digit_score, tmp_path, capsys):
     assert digit_score.main(["--pair", str(a), str(b)]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     # clip 2 went from 0 to 16 frames showing its digits and became steady: +50 points each, se 50
-    assert last == "| m.safetensors (pc 2) [b.json] | +50.0 ± 50.0 | +50.0 ± 50.0 |"
+    assert last == "| m0.safetensors (pc 2) [b.json] | +50.0 ± 50.0 | +50.0 ± 50.0 |"
     assert digit_score.main(["--pair", str(a), str(b), "--base", "2"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "| m.safetensors (pc 2) [a.json] | -50.0 ± 50.0 | -50.0 ± 50.0 |"
+    assert capsys.readouterr().out.splitlines()[-1] == "| m0.safetensors (pc 2) [a.json] | -50.0 ± 50.0 | -50.0 ± 50.0 |"
+    # three rows, the middle one as the base: the others keep their order
+    c.write_text(json.dumps(_payload(digit_score, [clip_of([{3, 7}] * 16), clip_of([{1}] * 16)], 2, rows=2)))
+    assert digit_score.main(["--pair", str(a), str(c), "--base", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "each row minus m0.safetensors (pc 2) [c.json]" in out[1]
+    assert [line.split(" | ")[0] for line in out[-2:]] == ["| m0.safetensors (pc 2) [a.json]", "| m1.safetensors (pc 2) [c.json]"]
     assert digit_score.main(["--pair", str(a), str(b), "--base", "3"]) == 1
     assert "--base 3: the files hold 2 sampled rows" in capsys.readouterr().err
-    c.write_text(json.dumps(_payload(digit_score, [clip_of([{3}] * 16)] * 3, 3)))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num=3), "--num 3 (first file: 2)"),
+    (dict(num=2, context="5"), "--context 5 (first file: 0)"),
+    (dict(num=2, classifier="other.safetensors"), "--classifier other.safetensors (first file: c.safetensors)"),
+])
+def test_pair_refuses_rows_that_do_not_pair(digit_score, tmp_path, capsys, change, message):
+    a, c = tmp_path / "a.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_payload(digit_score, [clip_of([{3}] * 16)] * 2, 2)))
+    clips = [clip_of([{3}] * 16)] * change.pop("num")
+    c.write_text(json.dumps(_payload(digit_score, clips, len(clips), **change)))
     assert digit_score.main(["--pair", str(a), str(c)]) == 1
-    assert "--num 3 --context 0, the first file has --num 2 --context 0" in capsys.readouterr().err
-    c.write_text(json.dumps({"args": {"num": "2", "context": "0"}, "rows": [{"source": "x", "sample_seconds": 1}]}))
+    assert message in capsys.readouterr().err
+
+
+def test_pair_refuses_bad_files_and_options(digit_score, tmp_path, capsys):
+    a, c = tmp_path / "a.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_payload(digit_score, [clip_of([{3}] * 16)] * 2, 2)))
+    c.write_text(json.dumps({"args": {"num": "2", "context": "0", "classifier": "c.safetensors"},
+                             "rows": [{"source": "x", "sample_seconds": 1}]}))
     assert digit_score.main(["--pair", str(a), str(c)]) == 1
     assert "not a digit_score.py --json file with per-clip values" in capsys.readouterr().err
+    c.write_text(json.dumps({"args": {"num": "2", "context": "0", "classifier": "c"}, "rows": [{"sample_seconds": 1}]}))
+    assert digit_score.main(["--pair", str(a), str(c)]) == 1  # a row without a source: no traceback
+    assert "not a digit_score.py --json file" in capsys.readouterr().err
     assert digit_score.main(["--pair", str(a)]) == 1
     assert "at least two sampled rows" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        digit_score.parse_args(["m.safetensors", "--pair", str(a)])
+    assert digit_score.main(["--pair", str(a), str(a)]) == 1
+    assert "one file twice" in capsys.readouterr().err
+    for argv, message in ((["m.safetensors", "--pair", str(a)], "give it no checkpoints"),
+                          (["--pair", str(a), "--json", "x.json"], "--json does not apply"),
+                          (["--pair", str(a), "--num", "8"], "--num does not apply"),
+                          (["m.safetensors", "--base", "2"], "--base needs --pair")):
+        with pytest.raises(SystemExit):
+            digit_score.parse_args(argv)
+        assert message in capsys.readouterr().err

@@ -357,11 +357,31 @@ def test_cli_eval_predict_and_interpolate_take_gamma_and_delta(tiny_checkpoint, 
                             "--gamma", "0.3"], capsys)
     assert code == 0, err
     assert seen == [{"gamma": 0.3, "delta": DEFAULT_DELTA}]
+    seen.clear()
+    real_interpolate = vdgen.evaluate.interpolate
+
+    def spy_interpolate(*args, **kwargs):
+        seen.append(kwargs["sampler_opts"])
+        return real_interpolate(*args, **kwargs)
+
+    monkeypatch.setattr(vdgen.evaluate, "interpolate", spy_interpolate)
+    code, _, err = run_cli(["eval", "interpolate", *common, "--frames", "5", "--sampler", "ancestral", "--gamma", "0.7"], capsys)
+    assert code == 0, err
+    assert seen == [{"gamma": 0.7}]
+    # bad options fail before the checkpoint is even loaded
+    import vdgen.cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded the checkpoint before checking the options")
+
+    monkeypatch.setattr(vdgen.cli, "load_checkpoint", no_loading)
     for task, extra in (("predict", ["--frames", "4"]), ("interpolate", ["--frames", "5"])):
         code, _, err = run_cli(["eval", task, *common, *extra, "--delta", "0.2"], capsys)
         assert code == 1 and "--delta applies to the pc sampler, not ancestral" in err
         code, _, err = run_cli(["eval", task, *common, *extra, "--sampler", "pc", "--delta", "3"], capsys)
         assert code == 1 and "--delta must be in (0, 2]" in err
+        code, _, err = run_cli(["eval", task, *common, *extra, "--gamma", "1.5"], capsys)
+        assert code == 1 and "--gamma must be in [0, 1]" in err
 
 
 def test_library_evaluation_rejects_an_unknown_sampler_option_before_sampling(tiny_checkpoint):
@@ -371,6 +391,8 @@ def test_library_evaluation_rejects_an_unknown_sampler_option_before_sampling(ti
     clips = np.zeros((1, 4, 16, 16, 1), np.uint8)
     with pytest.raises(ConfigError, match="sampler 'ancestral' has no option 'delta'"):
         evaluate_prediction(loaded, clips, 2, seeds=[0], sampler_opts={"delta": 0.3}, with_fvd=False)
+    with pytest.raises(ConfigError, match="delta must be in"):
+        evaluate_interpolation(loaded, clips, 2, seeds=[0], sampler="pc", sampler_opts={"delta": 5}, with_fvd=False)
 
 
 class _Zero(torch.nn.Module):

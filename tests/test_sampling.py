@@ -205,3 +205,9 @@ def test_noise_options_fill_in_the_defaults_and_reject_what_a_sampler_does_not_t
     assert noise_options("ddim", None) == {}
     with pytest.raises(ConfigError, match="sampler 'dpm\\+\\+' has no option 'gamma'"):
         noise_options("dpm++", {"gamma": 0.2})
+    with pytest.raises(ConfigError, match="delta must be in \\(0, 2\\], got 5"):
+        noise_options("pc", {"delta": 5})
+    with pytest.raises(ConfigError, match="delta must be in \\(0, 2\\], got 0"):
+        noise_options("pc", {"delta": 0})
+    with pytest.raises(ConfigError, match="gamma must be in \\[0, 1\\], got -0.1"):
+        noise_options("ancestral", {"gamma": -0.1})

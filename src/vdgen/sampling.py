@@ -243,14 +243,20 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 
 
 def noise_options(name: str, given: dict | None = None) -> dict[str, float]:
-    """The gamma / delta that sampler `name` runs with: `given` (a subset of NOISE_OPTIONS[name]) over the defaults."""
+    """The gamma / delta that sampler `name` runs with: `given` (a subset of NOISE_OPTIONS[name]) over the defaults,
+    checked: gamma in [0, 1], delta in (0, MAX_DELTA]."""
     takes = NOISE_OPTIONS.get(name, ())
     given = dict(given or {})
     unknown = sorted(set(given) - set(takes))
     if unknown:
         raise ConfigError(f"sampler {name!r} has no option {unknown[0]!r}")
     defaults = {"gamma": DEFAULT_GAMMA, "delta": DEFAULT_DELTA}
-    return {option: float(given.get(option, defaults[option])) for option in takes}
+    options = {option: float(given.get(option, defaults[option])) for option in takes}
+    if not 0.0 <= options.get("gamma", 0.0) <= 1.0:
+        raise ConfigError(f"gamma must be in [0, 1], got {options['gamma']:g}")
+    if not 0.0 < options.get("delta", DEFAULT_DELTA) <= MAX_DELTA:
+        raise ConfigError(f"delta must be in (0, {MAX_DELTA:g}], got {options['delta']:g}")
+    return options
 
 
 def evals_per_step(name: str) -> int:
