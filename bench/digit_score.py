@@ -53,7 +53,7 @@ from vdgen.errors import VdgenError
 from vdgen.frames import from_model, to_model
 from vdgen.generate import PrecisionDenoiser, sample_videos
 from vdgen.guidance import extend
-from vdgen.sampling import DEFAULT_DELTA, DEFAULT_GAMMA, MAX_DELTA, NOISE_OPTIONS, SAMPLERS
+from vdgen.sampling import NOISE_OPTIONS, SAMPLERS, noise_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import moving_mnist_models, print_header, set_up  # noqa: E402
@@ -337,13 +337,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("gamma", "delta"):
         if getattr(args, name) is not None and name not in allowed:
             parser.error(f"--{name} does not apply to the {args.sampler} sampler")
-    if args.gamma is not None and not 0.0 <= args.gamma <= 1.0:
-        parser.error("--gamma must be in [0, 1]")
-    if args.delta is not None and not 0.0 < args.delta <= MAX_DELTA:
-        parser.error(f"--delta must be in (0, {MAX_DELTA:g}]")
     # Every row names the gamma and delta it sampled with; unset, the library's (the paper's) values.
-    defaults = {"gamma": DEFAULT_GAMMA, "delta": DEFAULT_DELTA}
-    args.sampler_opts = {k: defaults[k] if getattr(args, k) is None else getattr(args, k) for k in allowed}
+    try:
+        args.sampler_opts = noise_options(args.sampler, {k: getattr(args, k) for k in allowed if getattr(args, k) is not None})
+    except VdgenError as exc:
+        parser.error(f"--{exc}")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.methods or set(args.methods) - {"guidance", "replacement"}:
         parser.error("--methods takes guidance, replacement or both, comma-separated")

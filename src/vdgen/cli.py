@@ -176,7 +176,7 @@ def check_fps(fps: Optional[float]) -> None:
 
 def sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[float], default_delta: float) -> dict[str, float]:
     """gamma and delta for the samplers that take them (defaults filled in; recorded in sidecars)."""
-    from vdgen.sampling import DEFAULT_GAMMA, MAX_DELTA, NOISE_OPTIONS
+    from vdgen.sampling import NOISE_OPTIONS, noise_options
 
     takes = NOISE_OPTIONS.get(sampler.value, ())
     given = {"gamma": gamma, "delta": delta}
@@ -184,12 +184,13 @@ def sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[fl
         if value is not None and name not in takes:
             users = " and ".join(s for s, names in NOISE_OPTIONS.items() if name in names)
             raise ConfigError(f"--{name} applies to the {users} sampler{'s' if ' and ' in users else ''}, not {sampler.value}")
-    if gamma is not None and not 0.0 <= gamma <= 1.0:
-        raise ConfigError(f"--gamma must be in [0, 1], got {gamma:g}")
-    if delta is not None and not 0.0 < delta <= MAX_DELTA:
-        raise ConfigError(f"--delta must be in (0, {MAX_DELTA:g}], got {delta:g}")
-    defaults = {"gamma": DEFAULT_GAMMA, "delta": default_delta}
-    return {name: defaults[name] if given[name] is None else given[name] for name in takes}
+    chosen = {name: value for name, value in given.items() if value is not None}
+    if "delta" in takes:
+        chosen.setdefault("delta", default_delta)
+    try:
+        return noise_options(sampler.value, chosen)  # the library's defaults and ranges
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc}") from None
 
 
 def conditional_sampler_options(sampler: Sampler, gamma: Optional[float], delta: Optional[float]) -> dict[str, float]:
